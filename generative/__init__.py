@@ -1,0 +1,1 @@
+"""Generative models: PixelCNN, VAE and DCGAN trainers."""

@@ -1,0 +1,113 @@
+"""The `pixlab` command: the one place that knows every algorithm.
+
+    pixlab train CONFIG [key=value ...]   start a run in runs/<date>-<time>-<name>/
+    pixlab resume RUN_DIR                 continue a run from its latest checkpoint
+    pixlab eval RUN_DIR                   test metrics of a run's latest checkpoint, as JSON
+
+Exit status: 0 done; 1 training diverged; 2 bad input (config, data file, checkpoint), with nothing
+written; 128 + signal number (130 for SIGINT, 143 for SIGTERM) after a checkpoint was saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from shared.config import load_config
+from shared.errors import PixlabError
+
+# Importing an algorithm module registers its `algo:` name (shared.config.register).
+ALGORITHM_MODULES = ("shared.classify",)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for module in ALGORITHM_MODULES:
+        importlib.import_module(module)
+    try:
+        return args.command(args)
+    except PixlabError as e:
+        print(f"pixlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixlab",
+        description="Train, resume and evaluate pixlab runs. Each run is a folder under runs/.",
+        epilog="Example: pixlab train configs/classify/lenet5_mnist.yaml optim.lr=0.01 seed=3",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="start a run from a YAML config and key=value overrides")
+    train.add_argument("config", type=Path, help="a YAML file under configs/")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=0.01")
+    train.set_defaults(command=cmd_train)
+
+    resume = commands.add_parser("resume", help="continue a run from its latest checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.set_defaults(command=cmd_resume)
+
+    evaluate = commands.add_parser("eval", help="print the test metrics of a run's latest checkpoint")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.set_defaults(command=cmd_eval)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from shared.run import Run
+
+    algorithm, cfg = load_config(args.config, args.overrides)
+    with Run.create(cfg) as run:
+        print(f"pixlab: run folder {run.dir}", file=sys.stderr)
+        algorithm.train(cfg, run)
+    return _exit_status(run)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from shared.run import Run, latest_checkpoint
+
+    algorithm, cfg = _load_run_config(args.run_dir)
+    if latest_checkpoint(args.run_dir) is None:
+        print(f"pixlab: {args.run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+    with Run.reopen(cfg, args.run_dir) as run:
+        algorithm.train(cfg, run)
+    return _exit_status(run)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from shared.errors import CheckpointError
+    from shared.run import latest_checkpoint, load_checkpoint
+
+    algorithm, cfg = _load_run_config(args.run_dir)
+    path = latest_checkpoint(args.run_dir)
+    if path is None:
+        raise CheckpointError(f"{args.run_dir} has no checkpoint to evaluate")
+    if algorithm.evaluate is None:
+        raise PixlabError(f"algorithm {algorithm.name!r} has no evaluation")
+    metrics = algorithm.evaluate(cfg, load_checkpoint(path))
+    print(json.dumps({"checkpoint": str(path)} | metrics, indent=2))
+    return 0
+
+
+def _load_run_config(run_dir: Path):
+    config = Path(run_dir) / "config.yaml"
+    if not config.exists():
+        raise PixlabError(f"{run_dir} is not a run folder: it has no config.yaml")
+    return load_config(config)
+
+
+def _exit_status(run) -> int:
+    if run.stop_signal is not None:
+        print(f"pixlab: stopped by signal {run.stop_signal}; checkpoint saved. Continue with: pixlab resume {run.dir}", file=sys.stderr)
+        return 128 + run.stop_signal
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

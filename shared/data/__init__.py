@@ -1,0 +1,27 @@
+"""Datasets with checksums, held as tensors on the training device.
+
+`load_dataset(name, root, download, pad)` is what trainers call; each dataset lives in its own module.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from shared.data.tensors import ImageData, Split, epoch_order
+
+DATASETS = ("mnist", "digits")
+
+
+def load_dataset(name: str, root: Optional[str] = None, download: bool = True, pad: int = 0) -> ImageData:
+    if name == "mnist":
+        from shared.data.mnist import load_mnist
+
+        return load_mnist(root, download, pad)
+    if name == "digits":
+        from shared.data.digits import load_digits
+
+        return load_digits(pad)
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+__all__ = ["DATASETS", "ImageData", "Split", "epoch_order", "load_dataset"]

@@ -1,0 +1,75 @@
+"""Datasets held whole as tensors on the training device, batched by indexing: no per-sample Python.
+
+Images stay uint8 (N, C, H, W) on the device (4x less memory than float) and become floats one batch
+at a time in `ImageData.prepare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels {tuple(self.labels.shape)} do not match {self.images.shape[0]} images")
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def batches(self, batch_size: int, order: Optional[torch.Tensor] = None, start: int = 0) -> Iterator[tuple]:
+        """Yield (images, labels) batches, from batch number `start`, in `order` (a permutation) or as stored."""
+        n = len(self)
+        for first in range(start * batch_size, n, batch_size):
+            if order is None:
+                yield self.images[first : first + batch_size], self.labels[first : first + batch_size]
+            else:
+                index = order[first : first + batch_size]
+                yield self.images[index], self.labels[index]
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The shuffle of one epoch, a function of (seed, epoch) alone, so a resumed run replays it exactly."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+@dataclass
+class ImageData:
+    """A classification dataset: train and test splits plus how to turn a uint8 batch into model input."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: float  # of the training pixels scaled to [0, 1]
+    std: float
+    pad: int = 0  # zero pixels added on each side before normalising (LeNet-5 reads MNIST as 32x32)
+
+    def to(self, device: torch.device) -> "ImageData":
+        return ImageData(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.mean, self.std, self.pad)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float (B, C, H + 2 pad, W + 2 pad), zero mean and unit variance."""
+        x = images.float().div_(255)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
+        return x.sub_(self.mean).div_(self.std)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return c, h + 2 * self.pad, w + 2 * self.pad
