@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     grad_clip: Optional[float] = None  # max global gradient norm
+    max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets); the schedule spans it
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ClassifyConfig(RunConfig):
         require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
         require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
         require(self.train.eval_batch_size > 0, "train.eval_batch_size", "must be > 0", self.train.eval_batch_size)
+        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
         require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
 
 
@@ -74,7 +76,7 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.input_shape[0]).to(run.device)
     optimizer = make_optimizer(model, cfg.optim)
     steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
-    total_steps = cfg.train.epochs * steps_per_epoch
+    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
     scheduler = make_scheduler(optimizer, cfg.schedule, total_steps)
     objects = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
 
@@ -134,7 +136,7 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
                 model.train()
             if step % cfg.checkpoint.every == 0 or step == total_steps or run.should_stop:
                 save()
-            if run.should_stop:
+            if run.should_stop or step == total_steps:
                 break
     progress.close()
     if run.should_stop:

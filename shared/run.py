@@ -175,6 +175,7 @@ class Run:
         """Load the latest checkpoint into `objects` and the RNGs; return {'step': ..., **counters} or None."""
         path = latest_checkpoint(self.dir)
         if path is None:
+            self.tracker.truncate_after(-1)  # a resume with nothing saved starts over, records included
             return None
         checkpoint = load_checkpoint(path, map_location=self.device)
         missing = sorted(set(objects) - set(checkpoint["state"]))

@@ -1,0 +1,43 @@
+"""Shared fixtures: W&B offline and quiet, the real MNIST folder when it exists, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+# The real MNIST files beside the checkout (../shared/data/mnist); tests that need them skip without them.
+SHARED_DATA = Path(os.environ.get("PIXLAB_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_offline_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    if not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"the real MNIST files are not in {SHARED_DATA / 'mnist'}")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    """`pixlab ARGS` in a fresh interpreter, as a user runs it."""
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen
+    )
+
+
+def only_run_dir(runs: Path) -> Path:
+    found = [p for p in runs.iterdir() if p.is_dir()]
+    assert len(found) == 1, found
+    return found[0]

@@ -1,0 +1,130 @@
+"""LeNet-5 end to end through the real CLI: files written, W&B offline, eval, SIGTERM + resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from shared.cli import main
+from shared.run import latest_checkpoint, load_checkpoint
+from shared.tracking import read_metrics
+
+from conftest import CONFIGS, run_cli, only_run_dir
+from wandb_records import offline_run
+
+DIGITS = str(CONFIGS / "classify" / "lenet5_digits.yaml")
+MNIST = str(CONFIGS / "classify" / "lenet5_mnist.yaml")
+VOLATILE = {"wall_time", "train/images_per_s"}  # wall-clock figures, different in every run
+
+
+def test_train_digits_writes_the_run_and_eval_agrees(tmp_path):
+    result = run_cli("train", DIGITS, "train.epochs=4", "seed=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path / "runs")
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 9 and losses[-1] < losses[0] / 4
+    tests = [r for r in records if "test/error" in r]
+    assert [r["step"] for r in tests] == [23, 46, 69, 92]  # one per epoch of ceil(1437 / 64) steps
+    summary = records[-1]["summary"]
+    assert summary["test/error"] == tests[-1]["test/error"] < 0.1 and summary["train/steps"] == 92
+
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["command"][-3:] == [DIGITS, "train.epochs=4", "seed=1"] and meta["seed"] == 1
+    assert [p.name for p in (run / "checkpoints").iterdir()] != []
+    assert list((run / "media").glob("test_mistakes-*.png"))
+
+    written = offline_run(run)
+    assert written["run"].run_group == "lenet5-digits" and list(written["run"].tags) == ["classify", "digits", "lenet5"]
+    assert written["config"]["train"]["epochs"] == 4 and written["config"]["seed"] == 1
+    assert written["summary"]["test/error"] == summary["test/error"]
+    assert written["summary"]["train/loss"] == losses[-1]
+
+    evaluated = run_cli("eval", str(run), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["step"] == 92 and metrics["test/error"] == summary["test/error"]
+
+
+def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    common = ["train.epochs=6", "tracking.wandb=disabled", "checkpoint.every=1000"]
+    assert main(["train", DIGITS, *common, f"runs_dir={tmp_path / 'straight'}"]) == 0
+    straight = only_run_dir(tmp_path / "straight")
+
+    env = os.environ | {"WANDB_MODE": "disabled"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "train", DIGITS, *common, f"runs_dir={tmp_path / 'stopped'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics_file = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # stop it mid-epoch, once it has logged step 50
+        found = list((tmp_path / "stopped").glob("*/metrics.jsonl"))
+        if found and any(r.get("step", 0) >= 50 for r in read_metrics(found[0])):
+            metrics_file = found[0]
+            break
+        time.sleep(0.05)
+    assert metrics_file is not None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    stopped = metrics_file.parent
+    stopped_at = load_checkpoint(latest_checkpoint(stopped))["step"]
+    assert 50 <= stopped_at < 138, stopped_at
+    assert f"pixlab resume {stopped}" in stderr
+
+    resumed = run_cli("resume", str(stopped), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    final_a = load_checkpoint(latest_checkpoint(straight))
+    final_b = load_checkpoint(latest_checkpoint(stopped))
+    assert final_a["step"] == final_b["step"] == 138
+    for name, tensor in final_a["state"]["model"].items():
+        assert torch.equal(tensor, final_b["state"]["model"][name]), name
+
+    def comparable(run_dir):
+        return [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+    assert comparable(stopped) == comparable(straight)
+    assert json.loads((stopped / "meta.json").read_text())["resumes"][0]["from_checkpoint"] == f"step-{stopped_at:09d}.pt"
+
+
+def test_divergence_exits_1_with_a_clear_message_and_keeps_the_folder(tmp_path):
+    result = run_cli("train", DIGITS, "optim.name=sgd", "optim.lr=1e12", "tracking.wandb=disabled", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "pixlab: error: train/loss is nan at step 10: training diverged" in result.stderr
+    assert (only_run_dir(tmp_path / "runs") / "config.yaml").exists()
+
+
+def test_missing_mnist_exits_2_and_leaves_no_run_folder(tmp_path):
+    result = run_cli("train", MNIST, f"data.root={tmp_path / 'empty'}", "data.download=false", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte.gz is missing (expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873)" in result.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_lenet5_loss_falls_in_a_few_hundred_steps_of_real_mnist(tmp_path, mnist_root):
+    result = run_cli(
+        "train", MNIST, f"data.root={mnist_root}", "train.max_steps=300", "tracking.wandb=disabled", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    records = read_metrics(only_run_dir(tmp_path / "runs") / "metrics.jsonl")
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0] / 3
+    assert records[-1]["summary"]["test/error"] < 0.05
+
+
+@pytest.mark.slow
+def test_lenet5_reaches_published_mnist_error(tmp_path, mnist_root):
+    """The published figure: LeCun et al. 1998 report 0.95%; the issue asks for <= 1.0%."""
+    result = run_cli("train", MNIST, f"data.root={mnist_root}", "tracking.wandb=disabled", cwd=tmp_path, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    records = read_metrics(only_run_dir(tmp_path / "runs") / "metrics.jsonl")
+    assert records[-1]["summary"]["test/error"] <= 0.010
