@@ -3,6 +3,9 @@
     pixlab train CONFIG [key=value ...]   start a run in runs/<date>-<time>-<name>/
     pixlab resume RUN_DIR                 continue a run from its latest checkpoint
     pixlab eval RUN_DIR                   test metrics of a run's latest checkpoint, as JSON
+    pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
+
+Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
 Exit status: 0 done; 1 training diverged; 2 bad input (config, data file, checkpoint), with nothing
 written; 128 + signal number (130 for SIGINT, 143 for SIGTERM) after a checkpoint was saved.
@@ -56,27 +59,47 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="print the test metrics of a run's latest checkpoint")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.set_defaults(command=cmd_eval)
+
+    bench = commands.add_parser("bench", help="measure training speed and print the figures")
+    bench.add_argument("target", choices=["classify"])
+    bench.add_argument("--json", action="store_true", help="print the full report as JSON")
+    bench.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time (classify)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median is reported")
+    bench.add_argument("--steps-scale", type=float, default=1.0, help="multiply the timed steps (e.g. 0.1 for a smoke run)")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    bench.set_defaults(command=cmd_bench)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from shared.run import Run
+    from shared.run import FollowerRun, Run
+    from shared.train import distributed
 
     algorithm, cfg = load_config(args.config, args.overrides)
-    with Run.create(cfg) as run:
-        print(f"pixlab: run folder {run.dir}", file=sys.stderr)
-        algorithm.train(cfg, run)
+    dist = distributed.init()
+    try:
+        with Run.create(cfg, dist=dist) if dist.is_main else FollowerRun(cfg, dist) as run:
+            if dist.is_main:
+                print(f"pixlab: run folder {run.dir}", file=sys.stderr)
+            algorithm.train(cfg, run)
+    finally:
+        distributed.shutdown()
     return _exit_status(run)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from shared.run import Run, latest_checkpoint
+    from shared.run import FollowerRun, Run, latest_checkpoint
+    from shared.train import distributed
 
     algorithm, cfg = _load_run_config(args.run_dir)
-    if latest_checkpoint(args.run_dir) is None:
+    dist = distributed.init()
+    if latest_checkpoint(args.run_dir) is None and dist.is_main:
         print(f"pixlab: {args.run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-    with Run.reopen(cfg, args.run_dir) as run:
-        algorithm.train(cfg, run)
+    try:
+        with Run.reopen(cfg, args.run_dir, dist=dist) if dist.is_main else FollowerRun(cfg, dist, args.run_dir) as run:
+            algorithm.train(cfg, run)
+    finally:
+        distributed.shutdown()
     return _exit_status(run)
 
 
@@ -95,6 +118,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shared.bench import bench_classify, format_table
+    from shared.models import MODELS
+
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise PixlabError(f"--models: unknown {unknown}; known: {', '.join(sorted(MODELS))}")
+    report = bench_classify(args.models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
 def _load_run_config(run_dir: Path):
     config = Path(run_dir) / "config.yaml"
     if not config.exists():
@@ -104,6 +139,8 @@ def _load_run_config(run_dir: Path):
 
 def _exit_status(run) -> int:
     if run.stop_signal is not None:
+        if not run.dist.is_main:
+            return 128 + run.stop_signal
         print(f"pixlab: stopped by signal {run.stop_signal}; checkpoint saved. Continue with: pixlab resume {run.dir}", file=sys.stderr)
         return 128 + run.stop_signal
     return 0

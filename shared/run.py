@@ -39,6 +39,7 @@ from shared.config import to_dict, to_yaml
 from shared.errors import CheckpointError, NonFiniteLossError, PixlabError
 from shared.tracking import Tracker
 from shared.train.device import select_device
+from shared.train.distributed import Distributed
 
 CHECKPOINT_FORMAT = 1
 PACKAGES = ("torch", "numpy", "gymnasium", "ale-py", "wandb", "omegaconf", "pixlab")
@@ -52,12 +53,13 @@ class Stateful(Protocol):
 class Run:
     """A run folder with its tracker, checkpoints and signal handling. Use it as a context manager."""
 
-    def __init__(self, cfg: Any, directory: Path, meta: dict, fresh: bool):
+    def __init__(self, cfg: Any, directory: Path, meta: dict, fresh: bool, dist: Distributed = Distributed()):
         self.cfg = cfg
         self.dir = Path(directory)
         self.meta = meta
         self.fresh = fresh
-        self.device = select_device(cfg.device)
+        self.dist = dist
+        self.device = dist.device(select_device(cfg.device))
         self.stop_signal: Optional[int] = None
         self._saved_any = False
         self._old_handlers: dict[int, Any] = {}
@@ -75,7 +77,7 @@ class Run:
 
     # ----------------------------------------------------------------- making and reopening
     @classmethod
-    def create(cls, cfg: Any, argv: Optional[list[str]] = None) -> "Run":
+    def create(cls, cfg: Any, argv: Optional[list[str]] = None, dist: Distributed = Distributed()) -> "Run":
         """Make a new run folder for `cfg` (already validated) and seed python, numpy and torch."""
         device = select_device(cfg.device)  # fail on a missing device before anything is written
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -100,18 +102,19 @@ class Run:
             "host": socket.gethostname(),
             "python": platform.python_version(),
             "packages": package_versions(),
+            "world_size": dist.world_size,
             "resumes": [],
         }
         _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
         seed_everything(cfg.seed)
         try:
-            return cls(cfg, directory, meta, fresh=True)
+            return cls(cfg, directory, meta, fresh=True, dist=dist)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
 
     @classmethod
-    def reopen(cls, cfg: Any, directory: Path, argv: Optional[list[str]] = None) -> "Run":
+    def reopen(cls, cfg: Any, directory: Path, argv: Optional[list[str]] = None, dist: Distributed = Distributed()) -> "Run":
         """Open an existing run folder to continue it; `restore` then loads its latest checkpoint."""
         directory = Path(directory)
         meta = json.loads((directory / "meta.json").read_text())
@@ -125,7 +128,7 @@ class Run:
         )
         _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
         seed_everything(cfg.seed)
-        return cls(cfg, directory, meta, fresh=False)
+        return cls(cfg, directory, meta, fresh=False, dist=dist)
 
     # ----------------------------------------------------------------- what an algorithm calls
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -173,19 +176,9 @@ class Run:
 
     def restore(self, objects: dict[str, Stateful]) -> Optional[dict]:
         """Load the latest checkpoint into `objects` and the RNGs; return {'step': ..., **counters} or None."""
-        path = latest_checkpoint(self.dir)
-        if path is None:
-            self.tracker.truncate_after(-1)  # a resume with nothing saved starts over, records included
-            return None
-        checkpoint = load_checkpoint(path, map_location=self.device)
-        missing = sorted(set(objects) - set(checkpoint["state"]))
-        if missing:
-            raise CheckpointError(f"{path} has no state for {missing}; it holds {sorted(checkpoint['state'])}")
-        for name, obj in objects.items():
-            obj.load_state_dict(checkpoint["state"][name])
-        restore_rng(checkpoint["rng"])
-        self.tracker.truncate_after(checkpoint["step"])
-        return {"step": checkpoint["step"], **checkpoint["counters"]}
+        counters = restore_latest(self.dir, objects, self.device)
+        self.tracker.truncate_after(counters["step"] if counters else -1)  # a resume from nothing starts over
+        return counters
 
     # ----------------------------------------------------------------- context manager
     def __enter__(self) -> "Run":
@@ -213,6 +206,50 @@ class Run:
 
     def _write_meta(self) -> None:
         _atomic_write_text(self.dir / "meta.json", json.dumps(self.meta, indent=2))
+
+
+class FollowerRun(Run):
+    """A rank other than 0 under torchrun: trains in step with rank 0, reads checkpoints, writes nothing."""
+
+    def __init__(self, cfg: Any, dist: Distributed, directory: Optional[Path] = None):
+        self.cfg, self.dist, self.dir = cfg, dist, directory
+        self.device = dist.device(select_device(cfg.device))
+        self.fresh, self.stop_signal, self._old_handlers = False, None, {}
+        seed_everything(cfg.seed)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        pass
+
+    def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def save(self, step: int, objects: dict[str, Stateful], counters: Optional[dict] = None) -> None:
+        pass
+
+    def restore(self, objects: dict[str, Stateful]) -> Optional[dict]:
+        return restore_latest(self.dir, objects, self.device) if self.dir is not None else None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+
+
+def restore_latest(run_dir: Path, objects: dict[str, Stateful], device: torch.device) -> Optional[dict]:
+    """Load the run's latest checkpoint into `objects` and the RNGs; {'step': ..., **counters} or None."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path, map_location=device)
+    missing = sorted(set(objects) - set(checkpoint["state"]))
+    if missing:
+        raise CheckpointError(f"{path} has no state for {missing}; it holds {sorted(checkpoint['state'])}")
+    for name, obj in objects.items():
+        obj.load_state_dict(checkpoint["state"][name])
+    restore_rng(checkpoint["rng"])
+    return {"step": checkpoint["step"], **checkpoint["counters"]}
 
 
 # --------------------------------------------------------------------- checkpoints

@@ -128,3 +128,43 @@ def test_lenet5_reaches_published_mnist_error(tmp_path, mnist_root):
     assert result.returncode == 0, result.stderr
     records = read_metrics(only_run_dir(tmp_path / "runs") / "metrics.jsonl")
     assert records[-1]["summary"]["test/error"] <= 0.010
+
+
+def test_transfer_learning_trains_a_new_head_on_a_frozen_backbone(tmp_path):
+    quiet = ["tracking.wandb=disabled", "checkpoint.every=1000"]
+    assert main(["train", DIGITS, "train.max_steps=30", *quiet, f"runs_dir={tmp_path / 'source'}"]) == 0
+    source = only_run_dir(tmp_path / "source")
+    assert main([
+        "train", DIGITS, "train.max_steps=20", "seed=5", f"model.init_from={source}", "model.freeze_backbone=true",
+        *quiet, f"runs_dir={tmp_path / 'transfer'}",
+    ]) == 0
+    before = load_checkpoint(latest_checkpoint(source))["state"]["model"]
+    after = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "transfer")))
+    for name, tensor in before.items():
+        if name.startswith("output."):
+            assert not torch.equal(tensor, after["state"]["model"][name]), name  # a new head, trained
+        else:
+            assert torch.equal(tensor, after["state"]["model"][name]), name  # the backbone, untouched
+    trained = [i for group in after["state"]["optimizer"]["param_groups"] for i in group["params"]]
+    assert len(trained) == 2  # output.weight and output.bias alone
+
+
+def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
+    common = [DIGITS, "train.max_steps=12", "train.batch_size=64", "tracking.wandb=disabled", "checkpoint.every=1000"]
+    assert main(["train", *common, f"runs_dir={tmp_path / 'one'}"]) == 0
+    env = os.environ | {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "shared.cli", "train", *common, f"runs_dir={tmp_path / 'two'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = only_run_dir(tmp_path / "two")  # rank 1 wrote no folder of its own
+    summary = read_metrics(two / "metrics.jsonl")[-1]["summary"]
+    assert summary["dist/world_size"] == 2
+    assert summary["dist/max_rank_weight_diff"] == 0.0  # the ranks' weights are identical
+    assert json.loads((two / "meta.json").read_text())["world_size"] == 2
+    one_weights = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "one")))["state"]["model"]
+    two_weights = load_checkpoint(latest_checkpoint(two))["state"]["model"]
+    for name, tensor in one_weights.items():  # equal up to the order of float additions in the all-reduce
+        assert torch.allclose(tensor, two_weights[name], rtol=0, atol=2e-6), (name, (tensor - two_weights[name]).abs().max())

@@ -57,7 +57,7 @@ def test_value_outside_a_choice_lists_the_choices():
         load_config(LENET, ["optim.name=adm"])
     assert str(e.value) == (
         "override 'optim.name=adm': optim.name='adm' is not a valid choice (did you mean 'adam'?); "
-        "valid choices: sgd, adam, adamw"
+        "valid choices: sgd, adagrad, rmsprop, adam, adamw"
     )
 
 
@@ -104,5 +104,5 @@ def test_cli_misspelled_key_exits_2_and_creates_no_run_folder(tmp_path, capsys):
 def test_cli_process_exit_status_is_2(tmp_path):
     result = run_cli("train", str(LENET), "optim.name=adm", cwd=tmp_path)
     assert result.returncode == 2
-    assert "valid choices: sgd, adam, adamw" in result.stderr
+    assert "valid choices: sgd, adagrad, rmsprop, adam, adamw" in result.stderr
     assert not (tmp_path / "runs").exists()

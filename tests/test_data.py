@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_real_mnist_shapes_labels_and_pad(mnist_root):
     assert torch.bincount(data.test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     x = data.prepare(data.train.images[:8])
     assert x.shape == (8, 1, 32, 32) and data.input_shape == (1, 32, 32)
-    assert torch.allclose(x[:, :, 0, :], torch.tensor(-data.mean / data.std))  # padding is background
+    assert torch.allclose(x[:, :, 0, :], torch.tensor(-data.mean[0] / data.std[0]))  # padding is background
     unpadded = load_mnist(str(mnist_root), download=False).prepare(data.train.images)
     assert abs(unpadded.mean().item()) < 1e-3 and abs(unpadded.std().item() - 1) < 1e-3
 
@@ -118,3 +119,100 @@ def test_batches_follow_the_epoch_order_from_a_start_batch():
     assert [b[1].tolist() for b in batches] == [order[4:8].tolist(), order[8:].tolist()]
     assert torch.equal(batches[0][0].view(-1).long(), batches[0][1])
     assert [len(b[1]) for b in split.batches(4)] == [4, 4, 2]
+
+
+def test_random_crop_takes_the_window_at_the_drawn_offsets():
+    from shared.data.augment import random_crop, step_generator
+
+    images = torch.arange(3 * 2 * 4 * 5, dtype=torch.uint8).view(3, 2, 4, 5)
+    out = random_crop(images, 2, step_generator(5, 11, torch.device("cpu")))
+    offsets = torch.randint(0, 5, (2, 3), generator=step_generator(5, 11, torch.device("cpu")))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for b in range(3):
+        dy, dx = offsets[:, b].tolist()
+        assert torch.equal(out[b], padded[b, :, dy : dy + 4, dx : dx + 5])
+    assert torch.equal(random_crop(images, 2, step_generator(5, 11, torch.device("cpu"))), out)  # same (seed, step)
+
+
+def test_random_flip_mirrors_about_half_and_nothing_else():
+    from shared.data.augment import random_flip, step_generator
+
+    images = torch.arange(64 * 3 * 2, dtype=torch.uint8).view(64, 1, 3, 2)
+    out = random_flip(images, step_generator(0, 0, torch.device("cpu")))
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images)]
+    assert all(f or torch.equal(o, i) for f, o, i in zip(flipped, out, images))
+    assert 20 < sum(flipped) < 44
+
+
+def write_cifar_batch(path, images: np.ndarray, labels: list[int], protocol: int = 2):
+    """A batch in the official format: a pickled dict with b'data' (N, 3072) uint8 and b'labels'."""
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"test", b"labels": labels, b"data": images.reshape(len(labels), -1)}, f, protocol=protocol)
+
+
+def fake_cifar(root, n: int = 4):
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    md5s = {}
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        write_cifar_batch(folder / name, rng.randint(0, 256, (n, 3, 32, 32)).astype(np.uint8), list(range(n)))
+        md5s[name] = md5sum(folder / name)
+    return folder, md5s
+
+
+def test_cifar10_reads_the_official_batch_format(tmp_path):
+    from shared.data.cifar10 import load_cifar10, read_batch
+
+    folder, md5s = fake_cifar(tmp_path)
+    data = load_cifar10(str(tmp_path), download=False, batches=md5s)
+    assert data.train.images.shape == (20, 3, 32, 32) and data.test.images.shape == (4, 3, 32, 32)
+    images, labels = read_batch(folder / "data_batch_2", md5s["data_batch_2"])
+    assert torch.equal(data.train.images[4:8], torch.from_numpy(images)) and labels.tolist() == [0, 1, 2, 3]
+    assert data.input_shape == (3, 32, 32) and len(data.mean) == 3
+
+
+def test_cifar10_wrong_md5_and_pickle_payload_are_refused(tmp_path):
+    import pickle
+
+    from shared.data.cifar10 import read_batch
+
+    folder, md5s = fake_cifar(tmp_path)
+    with pytest.raises(DataError, match=r"data_batch_1 has md5 .*, expected 0{32}"):
+        read_batch(folder / "data_batch_1", "0" * 32)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = folder / "evil"
+    evil.write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}, protocol=2))
+    with pytest.raises(DataError, match=r"global 'posix.system' is not allowed"):
+        read_batch(evil, md5sum(evil))
+    assert not marker.exists()
+
+
+def test_cifar10_missing_archive_without_download(tmp_path):
+    from shared.data.cifar10 import load_cifar10
+
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is missing \(expected md5 c58f30108f718f92721af3b95e74349a\)"):
+        load_cifar10(str(tmp_path), download=False)
+
+
+def test_cifar10_archive_is_verified_then_extracted_whole(tmp_path, monkeypatch):
+    import tarfile
+
+    from shared.data import cifar10
+
+    source, md5s = fake_cifar(tmp_path / "source")
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(source, arcname="cifar-10-batches-py")
+    monkeypatch.setattr(cifar10, "ARCHIVE", ("cifar-10-python.tar.gz", md5sum(folder / "cifar-10-python.tar.gz")))
+    data = cifar10.load_cifar10(str(tmp_path / "data"), download=False, batches=md5s)
+    assert len(data.train) == 20
+    assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]

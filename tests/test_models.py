@@ -15,7 +15,7 @@ def test_parameter_counts_match_the_paper_layer_by_layer():
     # C1 6*(25+1); C3 Table I: 6*(3*25+1) + 9*(4*25+1) + (6*25+1); C5 120*(16*25+1); F6 84*121; out 10*85.
     assert per_layer == {"c1": 156, "c3": 1516, "c5": 48120, "f6": 10164, "output": 850}
     assert per_layer["c1"] + per_layer["c3"] + per_layer["c5"] + per_layer["f6"] + 12 + 32 == 60000  # + S2, S4
-    assert count_parameters(build_model("lenet5", num_classes=10)) == 60806
+    assert count_parameters(build_model("lenet5", num_classes=10, in_channels=1)) == 60806
 
 
 def test_shapes_forward_backward_and_input_check():

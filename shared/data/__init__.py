@@ -9,7 +9,7 @@ from typing import Optional
 
 from shared.data.tensors import ImageData, Split, epoch_order
 
-DATASETS = ("mnist", "digits")
+DATASETS = ("mnist", "digits", "cifar10")
 
 
 def load_dataset(name: str, root: Optional[str] = None, download: bool = True, pad: int = 0) -> ImageData:
@@ -17,6 +17,10 @@ def load_dataset(name: str, root: Optional[str] = None, download: bool = True, p
         from shared.data.mnist import load_mnist
 
         return load_mnist(root, download, pad)
+    if name == "cifar10":
+        from shared.data.cifar10 import load_cifar10
+
+        return load_cifar10(root, download, pad)
     if name == "digits":
         from shared.data.digits import load_digits
 

@@ -28,7 +28,7 @@ def load_digits(pad: int = 0) -> ImageData:
         Split(torch.from_numpy(images[train]), torch.from_numpy(labels[train])),
         Split(torch.from_numpy(images[test]), torch.from_numpy(labels[test])),
         num_classes=10,
-        mean=float(scaled.mean()),
-        std=float(scaled.std()),
+        mean=(float(scaled.mean()),),
+        std=(float(scaled.std()),),
         pad=pad,
     )

@@ -26,7 +26,7 @@ FILES = {
     "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
 }
 IDX_MAGIC = {1: 2049, 3: 2051}  # unsigned bytes, 1 dimension (labels) or 3 (images)
-MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images scaled to [0, 1]
+MEAN, STD = (0.1307,), (0.3081,)  # of the 60,000 training images scaled to [0, 1]
 
 
 def read_idx(path: Path, dims: int) -> np.ndarray:

@@ -6,7 +6,7 @@ at a time in `ImageData.prepare`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 import torch
@@ -55,19 +55,23 @@ class ImageData:
     train: Split
     test: Split
     num_classes: int
-    mean: float  # of the training pixels scaled to [0, 1]
-    std: float
+    mean: tuple[float, ...]  # per channel, of the training pixels scaled to [0, 1]
+    std: tuple[float, ...]
     pad: int = 0  # zero pixels added on each side before normalising (LeNet-5 reads MNIST as 32x32)
+    val: Optional[Split] = None  # held out of the training images by the trainer when asked
 
     def to(self, device: torch.device) -> "ImageData":
-        return ImageData(self.name, self.train.to(device), self.test.to(device), self.num_classes, self.mean, self.std, self.pad)
+        val = self.val.to(device) if self.val is not None else None
+        return replace(self, train=self.train.to(device), test=self.test.to(device), val=val)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float (B, C, H + 2 pad, W + 2 pad), zero mean and unit variance."""
         x = images.float().div_(255)
         if self.pad:
             x = F.pad(x, (self.pad,) * 4)
-        return x.sub_(self.mean).div_(self.std)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

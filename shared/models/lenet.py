@@ -66,6 +66,7 @@ class LeNet5(nn.Module):
     """(B, in_channels, 32, 32) float -> (B, num_classes) logits."""
 
     input_size = 32
+    head = "output"
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()

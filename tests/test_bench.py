@@ -1,0 +1,22 @@
+"""`pixlab bench classify` runs both loops and prints its figures (speed goals live in the bench, not here)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_bench_classify_prints_both_loops_and_their_ratio(tmp_path):
+    result = run_cli("bench", "classify", "--json", "--models", "lenet5", "--repeats", "1", "--steps-scale", "0.05", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (row,) = report["results"]
+    assert row["model"] == "lenet5" and row["batch_size"] == 128 and row["steps_timed"] == 7
+    assert row["pixlab_images_per_s"] > 0 and row["dataloader_images_per_s"] > 0
+    assert abs(row["ratio"] - row["pixlab_images_per_s"] / row["dataloader_images_per_s"]) < 0.01
+
+
+def test_bench_rejects_an_unknown_model(tmp_path):
+    result = run_cli("bench", "classify", "--models", "lenet6", cwd=tmp_path)
+    assert result.returncode == 2 and "--models: unknown ['lenet6']" in result.stderr
