@@ -26,7 +26,6 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from shared.config import RunConfig, register, require, require_choice
@@ -37,6 +36,7 @@ from shared.models import MODELS, build_model
 from shared.run import Run, latest_checkpoint, load_checkpoint
 from shared.train.accel import AccelConfig, Accelerator, unwrap
 from shared.train.device import select_device
+from shared.train.ema import EMA
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
 
 
@@ -108,7 +108,7 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
     steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
     total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
     schedule = Schedule(optimizer, cfg.schedule, total_steps)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True) if cfg.train.ema_decay else None
+    ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule, "accel": accel}
     if ema is not None:
         objects["ema"] = ema
@@ -146,7 +146,7 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
             accel.backward_step(loss, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update(model)
             step += 1
             loss_sum += loss.detach()
             loss_count += 1
@@ -278,11 +278,8 @@ def evaluate(cfg: ClassifyConfig, checkpoint: dict) -> dict:
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.pad)
     data.test = data.test.to(device)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.input_shape[0]).to(device)
-    if "ema" in checkpoint["state"]:
-        weights = {k.removeprefix("module."): v for k, v in checkpoint["state"]["ema"].items() if k.startswith("module.")}
-    else:
-        weights = checkpoint["state"]["model"]
-    model.load_state_dict(weights)
+    state = checkpoint["state"]
+    model.load_state_dict(state["ema"]["module"] if "ema" in state else state["model"])
     metrics = evaluate_split(model, data.test, data, cfg.train.eval_batch_size)
     return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in metrics.items()}
 

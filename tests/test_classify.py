@@ -168,3 +168,37 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     two_weights = load_checkpoint(latest_checkpoint(two))["state"]["model"]
     for name, tensor in one_weights.items():  # equal up to the order of float additions in the all-reduce
         assert torch.allclose(tensor, two_weights[name], rtol=0, atol=2e-6), (name, (tensor - two_weights[name]).abs().max())
+
+
+def test_ema_weights_are_checkpointed_and_are_what_eval_reports(tmp_path, capsys):
+    args = ["train.max_steps=30", "train.ema_decay=0.9", "tracking.wandb=disabled", f"runs_dir={tmp_path}"]
+    assert main(["train", DIGITS, *args]) == 0
+    run = only_run_dir(tmp_path)
+    checkpoint = load_checkpoint(latest_checkpoint(run))
+    ema, live = checkpoint["state"]["ema"], checkpoint["state"]["model"]
+    assert ema["updates"] == 30
+    assert not torch.equal(ema["module"]["f6.weight"], live["f6.weight"])  # an average, not a copy
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test/error"] == read_metrics(run / "metrics.jsonl")[-1]["summary"]["test/error"]
+
+
+@pytest.mark.parametrize(
+    "switches, logged",
+    [
+        (["accel.precision=bf16", "accel.channels_last=true"], "test/error"),
+        (["schedule.name=plateau", "data.val_size=200", "train.epochs=2", "train.max_steps=null"], "val/error"),
+        (["data.augment.crop_padding=2", "data.augment.flip=true"], "test/error"),
+    ],
+)
+def test_training_switches_run_end_to_end(tmp_path, switches, logged):
+    assert main(["train", DIGITS, "train.max_steps=23", *switches, "tracking.wandb=disabled", f"runs_dir={tmp_path}"]) == 0
+    records = read_metrics(only_run_dir(tmp_path) / "metrics.jsonl")
+    assert any(logged in r for r in records)
+    assert records[-1]["summary"]["test/error"] < 0.9
+
+
+def test_plateau_without_a_validation_split_is_refused(tmp_path):
+    assert main(["train", DIGITS, "schedule.name=plateau", f"runs_dir={tmp_path}"]) == 2
+    assert not tmp_path.joinpath("runs").exists() and list(tmp_path.iterdir()) == []

@@ -117,3 +117,24 @@ def test_channels_last_and_unwrap():
     assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert accel.to_input(torch.randn(2, 1, 4, 4)).is_contiguous(memory_format=torch.channels_last)
     assert unwrap(prepared) is model
+
+
+def test_ema_averages_floats_copies_integer_buffers_and_round_trips():
+    from shared.train.ema import EMA
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    model.register_buffer("index", torch.tensor([0, 1, 2]))
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema.update(model)  # the first update copies
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model.index.copy_(torch.tensor([2, 0, 1]))
+    ema.update(model)
+    assert torch.equal(ema.module[0].weight, torch.full((2, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
+    assert torch.equal(ema.module.index, torch.tensor([2, 0, 1]))  # copied, never averaged
+    assert ema.module[1].num_batches_tracked.dtype == torch.int64
+    again = EMA(model, decay=0.5)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 2 and torch.equal(again.module[0].weight, ema.module[0].weight)
