@@ -15,6 +15,8 @@ def test_bench_classify_prints_both_loops_and_their_ratio(tmp_path):
     assert row["model"] == "lenet5" and row["batch_size"] == 128 and row["steps_timed"] == 7
     assert row["pixlab_images_per_s"] > 0 and row["dataloader_images_per_s"] > 0
     assert abs(row["ratio"] - row["pixlab_images_per_s"] / row["dataloader_images_per_s"]) < 0.01
+    data = row["data_path_only"]
+    assert data["pixlab_batches_per_s"] > 0 and data["dataloader_batches_per_s"] > 0
 
 
 def test_bench_rejects_an_unknown_model(tmp_path):

@@ -26,7 +26,7 @@ from shared.errors import ConfigError
 @dataclass
 class AccelConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False  # torch.compile the model (GPU: large gains; CPU: needs a C++ compiler)
+    compile: bool = False  # torch.compile the model: for GPUs (on this 2-core CPU LeNet-5 ran 7.9k vs 13.0k img/s eager)
     channels_last: bool = False  # NHWC memory layout: faster convolutions with tensor cores
     cudnn_benchmark: bool = True  # let cuDNN time its algorithms for fixed input shapes
 
