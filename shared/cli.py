@@ -4,6 +4,7 @@
     pixlab resume RUN_DIR                 continue a run from its latest checkpoint
     pixlab eval RUN_DIR                   test metrics of a run's latest checkpoint, as JSON
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
+    pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3
 
 Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
@@ -24,7 +25,7 @@ from shared.config import load_config
 from shared.errors import PixlabError
 
 # Importing an algorithm module registers its `algo:` name (shared.config.register).
-ALGORITHM_MODULES = ("shared.classify",)
+ALGORITHM_MODULES = ("shared.classify", "rl.dqn")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
-    bench.add_argument("target", choices=["classify"])
+    bench.add_argument("target", choices=["classify", "dqn"])
     bench.add_argument("--json", action="store_true", help="print the full report as JSON")
     bench.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time (classify)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median is reported")
     bench.add_argument("--steps-scale", type=float, default=1.0, help="multiply the timed steps (e.g. 0.1 for a smoke run)")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    bench.add_argument("--steps", type=int, default=3000, help="agent steps per agent (dqn)")
+    bench.add_argument("--learning-starts", type=int, default=1000, help="agent steps before learning (dqn)")
+    bench.add_argument("--no-compile", action="store_true", help="time our DQN without torch.compile (dqn)")
     bench.set_defaults(command=cmd_bench)
     return parser
 
@@ -119,6 +123,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "dqn":
+        from rl.bench import bench_dqn, format_report
+
+        report = bench_dqn(steps=args.steps, learning_starts=args.learning_starts, compile=not args.no_compile)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 0
     from shared.bench import bench_classify, format_table
     from shared.models import MODELS
 

@@ -137,6 +137,9 @@ class Run:
     def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> Path:
         return self.tracker.log_images(key, images, step, nrow)
 
+    def log_video(self, key: str, path: Path, step: int) -> None:
+        self.tracker.log_video(key, path, step)
+
     def summary(self, values: dict[str, Any]) -> None:
         self.tracker.summary(values)
 
@@ -221,6 +224,9 @@ class FollowerRun(Run):
         pass
 
     def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+        pass
+
+    def log_video(self, key: str, path: Path, step: int) -> None:
         pass
 
     def summary(self, values: dict[str, Any]) -> None:

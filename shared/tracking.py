@@ -103,6 +103,13 @@ class Tracker:
             self.wandb_run.log({key: wandb.Image(grid)}, step=int(step))
         return path
 
+    def log_video(self, key: str, path: Path, step: int) -> None:
+        """An animation already written to media/ (a GIF), mirrored to W&B."""
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Video(str(path), format="gif")}, step=int(step))
+
     def summary(self, values: dict[str, Any]) -> None:
         """Final numbers of the run: a 'summary' record in metrics.jsonl and the W&B run summary."""
         values = {k: _scalar(v) for k, v in values.items()}

@@ -32,6 +32,7 @@ class OptimConfig:
     nesterov: bool = False  # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
     alpha: float = 0.99  # rmsprop: decay of the squared-gradient average
+    centered: bool = False  # rmsprop: divide by the gradient's variance estimate (DeepMind's DQN RMSProp)
     eps: float = 1e-8
     weight_decay: float = 0.0
 
@@ -59,7 +60,7 @@ def make_optimizer(parameters: Iterable[nn.Parameter], cfg: OptimConfig) -> torc
     if cfg.name == "adagrad":
         return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, centered=cfg.centered)
     adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
