@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     bench.add_argument("--steps", type=int, default=3000, help="agent steps per agent (dqn)")
     bench.add_argument("--learning-starts", type=int, default=1000, help="agent steps before learning (dqn)")
-    bench.add_argument("--no-compile", action="store_true", help="time our DQN without torch.compile (dqn)")
+    bench.add_argument("--compile", action="store_true", help="time our DQN with torch.compile (dqn)")
     bench.set_defaults(command=cmd_bench)
     return parser
 
@@ -126,7 +126,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "dqn":
         from rl.bench import bench_dqn, format_report
 
-        report = bench_dqn(steps=args.steps, learning_starts=args.learning_starts, compile=not args.no_compile)
+        report = bench_dqn(steps=args.steps, learning_starts=args.learning_starts, compile=args.compile)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
     from shared.bench import bench_classify, format_table

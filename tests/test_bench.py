@@ -28,7 +28,7 @@ def test_bench_rejects_an_unknown_model(tmp_path):
 
 def test_bench_dqn_runs_ours_and_sb3_and_reports_replay_sizes(tmp_path):
     pytest.importorskip("stable_baselines3")
-    result = run_cli("bench", "dqn", "--json", "--steps", "1000", "--learning-starts", "200", "--no-compile", cwd=tmp_path)
+    result = run_cli("bench", "dqn", "--json", "--steps", "1000", "--learning-starts", "200", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     ours, theirs = report["pixlab"], report["sb3"]
