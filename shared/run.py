@@ -151,7 +151,7 @@ class Run:
     def check_finite(self, name: str, value: float, step: int) -> None:
         """Stop the run with a clear message when a loss is NaN or infinite; checkpoints stay as they are."""
         if not math.isfinite(value):
-            last = latest_checkpoint(self.dir)
+            last = latest_checkpoint(self.dir) if self.dir is not None else None  # a follower rank may have none
             raise NonFiniteLossError(
                 f"{name} is {value} at step {step}: training diverged and was stopped. "
                 f"The run folder {self.dir} is kept; its last good checkpoint is "
