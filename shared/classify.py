@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from shared.config import RunConfig, register, require, require_choice
 from shared.data import DATASETS, ImageData, Split, epoch_order, load_dataset
-from shared.data.augment import AugmentConfig, augment, step_generator
+from shared.data.augment import AugmentConfig, augment
 from shared.errors import CheckpointError, ConfigError
 from shared.models import MODELS, build_model
 from shared.run import Run, latest_checkpoint, load_checkpoint
@@ -136,7 +136,7 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
         train_mode(model, cfg.model.freeze_backbone)
         for images, labels in data.train.batches(cfg.train.batch_size, order, start=first_batch):
             global_batch = len(labels)
-            images = augment(images, cfg.data.augment, step_generator(cfg.seed, step, run.device))
+            images = augment(images, cfg.data.augment, cfg.seed, step)
             images, labels = images[shard], labels[shard]  # this process's slice of the global batch
             with accel.autocast():
                 logits = net(accel.to_input(data.prepare(images)))

@@ -38,7 +38,11 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, cfg: AugmentConfig, seed: int, step: int) -> torch.Tensor:
+    """The configured transforms of one training step's batch; untouched (and no generator made) when none is on."""
+    if not (cfg.crop_padding or cfg.flip):
+        return images
+    generator = step_generator(seed, step, images.device)
     if cfg.crop_padding:
         images = random_crop(images, cfg.crop_padding, generator)
     if cfg.flip:

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from shared.models.nature_cnn import to_float_pixels
+
 
 class MLP(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (120, 84)) -> None:
@@ -27,7 +29,7 @@ class MLP(nn.Module):
         self.hidden_features = sizes[-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = to_float_pixels(x).float()
         return self.trunk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
