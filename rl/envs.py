@@ -14,6 +14,12 @@ the ALE v5 default (Machado et al. 2018). Scores differ between the two: meta.js
 
 `obs_type: ram` gives the 128-byte RAM instead of pixels (gymnasium's ALE env with its own frame skip;
 no no-op starts), for agents that read the console's memory.
+
+`preprocess: karpathy` is the pipeline of Karpathy's "Pong from pixels" (2016) instead of Nature's: the
+full 210x160 grey frame cropped to the playing field (rows 35-194), every second row and column kept
+(80x80), each pixel 1 where it is not the background and 0 where it is, and the observation the current
+such frame minus the previous one, flattened: (N, 6400) float32 in {-1, 0, 1}. At an episode's first
+step there is no previous frame and the difference is all zeros, as in his code. Pong only.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class EnvConfig:
     terminal_on_life_loss: bool = True  # training only
     clip_rewards: bool = True  # training only
     full_action_space: bool = False
+    preprocess: Literal["nature", "karpathy"] = "nature"  # pixels only
 
 
 def is_atari(env_id: str) -> bool:
@@ -53,6 +60,27 @@ def atari_game(env_id: str) -> str:
 
 def make_vec_env(cfg: EnvConfig, max_episode_frames: Optional[int] = None) -> gym.vector.VectorEnv:
     """N environments stepping together; observations (N, *obs_shape); autoreset on the step after an end."""
+    if is_atari(cfg.id) and cfg.obs_type == "pixels" and cfg.preprocess == "karpathy":
+        from ale_py.vector_env import AtariVectorEnv
+
+        frames = AtariVectorEnv(
+            atari_game(cfg.id),
+            cfg.num_envs,
+            repeat_action_probability=cfg.sticky_actions,
+            full_action_space=cfg.full_action_space,
+            frameskip=cfg.frame_skip,
+            img_height=210,
+            img_width=160,
+            grayscale=True,
+            stack_num=2,  # the previous frame and this one
+            noop_max=cfg.noop_max,
+            max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
+            episodic_life=False,
+            reward_clipping=False,
+            use_fire_reset=True,
+            autoreset_mode="NextStep",
+        )
+        return DifferenceFrames(frames)
     if is_atari(cfg.id) and cfg.obs_type == "pixels":
         from ale_py.vector_env import AtariVectorEnv
 
@@ -89,6 +117,25 @@ def make_vec_env(cfg: EnvConfig, max_episode_frames: Optional[int] = None) -> gy
             max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
         )
     return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode="sync")
+
+
+class DifferenceFrames(gym.vector.VectorObservationWrapper):
+    """(N, 2, 210, 160) uint8 grey frame pairs -> (N, 6400) float32: Karpathy's Pong difference frames."""
+
+    BACKGROUND = 87  # the grey level of Pong's playing field in ale-py's greyscale palette
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        self.single_observation_space = gym.spaces.Box(-1.0, 1.0, (6400,), np.float32)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (env.num_envs, 6400), np.float32)
+
+    def observations(self, observations: np.ndarray) -> np.ndarray:
+        field = observations[:, :, 35:195:2, ::2]  # (N, 2, 80, 80)
+        ink = (field != self.BACKGROUND).astype(np.float32)
+        first = ~observations[:, 0].any(axis=(1, 2))  # the stack's zero padding: no previous frame yet
+        diff = ink[:, 1] - ink[:, 0]
+        diff[first] = 0.0
+        return diff.reshape(len(diff), -1)
 
 
 class TrainingSignal:

@@ -124,3 +124,20 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     steps = [r["step"] for r in records if "train/epsilon" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 30000  # no step logged twice across the resume
     assert records[-1]["summary"]["train/steps"] == 30000
+
+
+def test_tiny_breakout_ram_run_reads_the_128_bytes(tmp_path):
+    result = run_cli(
+        "train", str(CONFIGS / "dqn" / "breakout_ram.yaml"),
+        "total_steps=400", "env.num_envs=2", "agent.learning_starts=200", "agent.buffer_size=1000",
+        "eval.every=0", "eval.episodes=2", "eval.num_envs=2", "eval.max_episode_frames=400",
+        "tracking.log_every=200", "checkpoint.every=400", "tracking.wandb=disabled",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only_run_dir(tmp_path / "runs")
+    summary = read_metrics(run / "metrics.jsonl")[-1]["summary"]
+    assert summary["train/steps"] == 400 and summary["eval/episodes"] == 2
+    assert summary["replay/bytes_per_transition"] < 200  # 128 bytes of RAM, stored once, plus action, reward, flags
+    q = load_checkpoint(latest_checkpoint(run))["state"]["q"]
+    assert q["mlp.trunk.0.weight"].shape == (256, 128)

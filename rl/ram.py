@@ -1,0 +1,358 @@
+"""The Recurrent Attention Model for digit classification (Mnih, Heess, Graves, Kavukcuoglu 2014, "Recurrent
+models of visual attention"): REINFORCE applied to vision.
+
+    pixlab train configs/ram/mnist.yaml          28x28 MNIST, 6 glimpses of 8x8
+    pixlab train configs/ram/translated60.yaml   60x60 translated MNIST, 6 glimpses of 12x12 at 3 scales
+
+The model never sees the whole image. From a random first location it takes `glimpses` glimpses: each
+time the glimpse network reads a retina around the current location, the core RNN updates its state, and
+the location policy (a Gaussian with fixed std) chooses where to look next. After the last glimpse a
+linear classifier reads the state. The hybrid loss of section 4:
+
+    loss = NLL(classifier)                                          backprop, trains sensor path and core
+         + mean over images of sum_t -(R - b_t) log pi(l_t | h_t)     REINFORCE, R = 1 if the class is right
+         + mean over images of sum_t (b_t - R)^2                      the baseline b_t, a linear map of h_t
+
+Evaluation averages the class log-probabilities of `eval_samples` sampled glimpse paths per image (a
+fixed seed, so the figure is repeatable). Each epoch's training images are drawn afresh for the translated
+and cluttered tasks; the location noise of step s comes from a generator seeded by (seed, s): a run stopped
+mid-epoch resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shared.config import RunConfig, register, require
+from shared.data import Split, epoch_order, load_dataset
+from shared.data.translated import TEST_SEED, place
+from shared.models.glimpse import Core, GlimpseNetwork, LocationPolicy, location_to_pixel
+from shared.run import Run
+from shared.train.device import select_device
+from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+
+
+@dataclass
+class TaskConfig:
+    root: Optional[str] = None  # folder holding mnist/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
+    download: bool = True
+    canvas: int = 28  # 28: MNIST as it is; 60 or 100: digits translated on a blank canvas of that side
+    clutter: int = 0  # fragments of other digits pasted on the canvas (paper: 4 on 60x60, 8 on 100x100)
+    fragment: int = 8  # side of a clutter fragment
+    test_limit: Optional[int] = None  # score only the first N test images (smoke runs; not comparable to papers)
+
+
+@dataclass
+class ModelConfig:
+    glimpses: int = 6
+    patch: int = 8  # side of the retina's finest patch (paper: 8 on MNIST, 12 on translated)
+    scales: int = 1  # patches per glimpse, sides patch * 2^i (paper: 1 on MNIST, 3 on translated)
+    what: int = 128  # h_g units
+    where: int = 128  # h_l units
+    glimpse_features: int = 256  # g units
+    hidden: int = 256  # core units
+    core: Literal["rnn", "lstm"] = "rnn"
+    location_std: float = 0.05  # the location policy's fixed std, in units of the half image side
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    eval_samples: int = 10  # glimpse paths per test image whose log-probabilities are averaged
+    max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
+    grad_clip: Optional[float] = None
+    paths_to_plot: int = 8  # test images whose glimpse paths are drawn to media/ each epoch
+
+
+@dataclass
+class RAMConfig(RunConfig):
+    algo: str = "ram"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        t, m = self.task, self.model
+        require(t.canvas >= 28, "task.canvas", "must be >= 28 (the MNIST digits are 28x28)", t.canvas)
+        require(t.clutter >= 0, "task.clutter", "must be >= 0", t.clutter)
+        require(t.clutter == 0 or t.canvas > 28, "task.clutter", "needs task.canvas > 28 (clutter goes on a larger canvas)", t.clutter)
+        require(0 < t.fragment <= 28, "task.fragment", "must be in 1..28", t.fragment)
+        require((t.test_limit or 1) > 0, "task.test_limit", "must be > 0 or null", t.test_limit)
+        require(m.glimpses >= 1, "model.glimpses", "must be >= 1", m.glimpses)
+        require(m.patch >= 1, "model.patch", "must be >= 1", m.patch)
+        require(m.scales >= 1, "model.scales", "must be >= 1", m.scales)
+        require(m.location_std > 0, "model.location_std", "must be > 0", m.location_std)
+        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
+        require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
+        require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
+        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
+        require(self.schedule.name != "plateau", "schedule.name", "'plateau' is not offered here (no validation split)", self.schedule.name)
+
+
+class Glimpses(NamedTuple):
+    logits: torch.Tensor  # (B, classes), after the last glimpse
+    log_probs: torch.Tensor  # (B, glimpses - 1): log pi of each chosen next location
+    baselines: torch.Tensor  # (B, glimpses - 1): b_t, the expected reward before each choice
+    locations: torch.Tensor  # (B, glimpses, 2): where each glimpse looked, in [-1, 1] (unclamped samples)
+
+
+class RecurrentAttention(nn.Module):
+    """x (B, C, H, W) float in [0, 1] -> Glimpses, the glimpse path sampled with `generator`."""
+
+    def __init__(self, channels: int, classes: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.glimpses = cfg.glimpses
+        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features)
+        self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
+        self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
+        self.classifier = nn.Linear(cfg.hidden, classes)
+        self.baseline = nn.Linear(cfg.hidden, 1)
+
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Glimpses:
+        b = x.shape[0]
+        state = self.core.initial_state(b, x.device)
+        location = torch.rand(b, 2, generator=generator, device=x.device) * 2 - 1  # the first look: anywhere
+        locations, log_probs, baselines = [location], [], []
+        for t in range(self.glimpses):
+            h, state = self.core(self.glimpse(x, location), state)
+            if t == self.glimpses - 1:
+                break
+            mean = self.locate(h)
+            location = self.locate.sample(mean, generator)
+            log_probs.append(self.locate.log_prob(mean, location))
+            baselines.append(self.baseline(h.detach()).squeeze(1))
+            locations.append(location)
+        empty = x.new_zeros(b, 0)
+        return Glimpses(
+            self.classifier(h),
+            torch.stack(log_probs, 1) if log_probs else empty,
+            torch.stack(baselines, 1) if baselines else empty,
+            torch.stack(locations, 1),
+        )
+
+
+class GlimpseAgent(nn.Module):
+    """The Recurrent Attention Model as a game-playing agent (the paper's section 5.2, our own version):
+    each agent step it takes one glimpse of the frame stack where it chose to look, updates an LSTM core,
+    and samples both the game action and the next location; REINFORCE (rl/reinforce.py) trains it on the
+    game's reward. The first glimpse of an episode looks at the centre.
+
+    obs (B, C, H, W) uint8; memory = (core state, location (B, 2) of the next glimpse).
+    """
+
+    recurrent = True
+
+    def __init__(self, channels: int, num_actions: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features)
+        self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
+        self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
+        self.logits = nn.Linear(cfg.hidden, num_actions)
+        self.value = nn.Linear(cfg.hidden, 1)  # the baseline, on the detached state as in the classifier
+
+    def initial_memory(self, n: int, device: torch.device):
+        return self.core.initial_state(n, device), torch.zeros(n, 2, device=device)
+
+    def reset_memory(self, memory, keep: torch.Tensor):
+        state, location = memory
+        return self.core.reset(state, keep), location * keep.to(location.dtype)[:, None]
+
+    def _step(self, obs: torch.Tensor, location: torch.Tensor, state):
+        h, state = self.core(self.glimpse(obs.float() / 255, location), state)
+        return h, state, self.logits(h), self.locate(h), self.value(h.detach()).squeeze(-1)
+
+    def act(self, obs: torch.Tensor, memory) -> tuple[torch.Tensor, dict, tuple]:
+        """-> (actions (B,), {'location', 'next_location', 'value'} to store with the step, memory)."""
+        state, location = memory
+        _, state, logits, mean, value = self._step(obs, location, state)
+        action = torch.distributions.Categorical(logits=logits).sample()
+        next_location = self.locate.sample(mean)
+        return action, {"location": location, "next_location": next_location, "value": value}, (state, next_location)
+
+    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor, extras: dict, mask: torch.Tensor):
+        """Whole episodes side by side, obs (T, E, C, H, W), from their first step -> (log pi, entropy,
+        value), each (T, E); log pi is that of the joint choice (action, next location)."""
+        state = self.core.initial_state(obs.shape[1], obs.device)
+        log_probs, entropies, values = [], [], []
+        for t in range(obs.shape[0]):
+            _, state, logits, mean, value = self._step(obs[t], extras["location"][t], state)
+            dist = torch.distributions.Categorical(logits=logits)
+            log_probs.append(dist.log_prob(actions[t]) + self.locate.log_prob(mean, extras["next_location"][t]))
+            entropies.append(dist.entropy())
+            values.append(value)
+        return torch.stack(log_probs), torch.stack(entropies), torch.stack(values)
+
+
+def hybrid_loss(out: Glimpses, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The paper's hybrid loss (module docstring) and its parts, for one batch."""
+    nll = F.cross_entropy(out.logits, labels)
+    reward = (out.logits.argmax(1) == labels).float()  # (B,)
+    advantage = (reward[:, None] - out.baselines).detach()
+    reinforce = -(advantage * out.log_probs).sum(1).mean()
+    baseline_mse = (out.baselines - reward[:, None]).pow(2).sum(1).mean()
+    parts = {"nll": nll.detach(), "reinforce": reinforce.detach(), "baseline_mse": baseline_mse.detach(), "reward": reward.mean()}
+    return nll + reinforce + baseline_mse, parts
+
+
+def task_split(cfg: RAMConfig, split: Split, seed: int, epoch: int) -> Split:
+    """The task's version of an MNIST split: as it is, or translated (and cluttered) on a larger canvas."""
+    if cfg.task.canvas == 28:
+        return split
+    return place(split, cfg.task.canvas, cfg.task.clutter, cfg.task.fragment, seed, epoch)
+
+
+def fixed_test_split(cfg: RAMConfig, mnist_test: Split) -> Split:
+    """The fixed test set of the task (its first `task.test_limit` images if set)."""
+    split = task_split(cfg, mnist_test, TEST_SEED, -1)
+    n = cfg.task.test_limit or len(split)
+    return Split(split.images[:n], split.labels[:n])
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+def train(cfg: RAMConfig, run: Run) -> None:
+    device = run.device
+    mnist = load_dataset("mnist", cfg.task.root, cfg.task.download).to(device)
+    test = fixed_test_split(cfg, mnist.test)
+    model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    steps_per_epoch = math.ceil(len(mnist.train) / cfg.train.batch_size)
+    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
+    schedule = Schedule(optimizer, cfg.schedule, total_steps)
+    objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    # The running sums between two log lines are part of the state, so a resumed run logs what an
+    # uninterrupted one logs.
+    state = run.restore(objects) or {"step": 0, "sums": {}, "count": 0}
+    step, count = state["step"], state["count"]
+    sums = {k: torch.tensor(v, device=device) for k, v in state["sums"].items()}
+
+    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    clock, clock_step = time.perf_counter(), step
+    tested: Optional[dict] = None
+    while step < total_steps and not run.should_stop:
+        epoch, first_batch = divmod(step, steps_per_epoch)
+        train_split = task_split(cfg, mnist.train, cfg.seed, epoch)
+        order = epoch_order(len(train_split), cfg.seed, epoch, device)
+        model.train()
+        for images, labels in train_split.batches(cfg.train.batch_size, order, start=first_batch):
+            out = model(images.float().div_(255), step_generator(cfg.seed, step, device))
+            loss, parts = hybrid_loss(out, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            progress.update(1)
+            for k, v in (parts | {"loss": loss.detach()}).items():
+                sums[k] = sums.get(k, 0) + v
+            count += 1
+            if step % cfg.tracking.log_every == 0:
+                means = {f"train/{k}": (v / count).item() for k, v in sums.items()}
+                run.check_finite("train/loss", means["train/loss"], step)
+                elapsed = time.perf_counter() - clock
+                means |= {"train/lr": schedule.lr, "train/epoch": step / steps_per_epoch, "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9)}
+                run.log(means, step)
+                progress.set_postfix(loss=f"{means['train/loss']:.3f}", reward=f"{means['train/reward']:.3f}")
+                sums, count, clock, clock_step = {}, 0, time.perf_counter(), step
+            if step % steps_per_epoch == 0 or step == total_steps:
+                tested = evaluate_split(model, test, cfg)
+                run.log({f"test/{k}": v for k, v in tested.items()}, step)
+                plot_paths(model, test, cfg, run, step)
+                progress.write(f"epoch {step / steps_per_epoch:.2f}: test error {tested['error']:.2%}")
+                model.train()
+            if step % cfg.checkpoint.every == 0 or step == total_steps or run.should_stop:
+                run.save(step, objects, {"sums": {k: v.item() for k, v in sums.items()}, "count": count})
+            if run.should_stop or step == total_steps:
+                break
+    progress.close()
+    if run.should_stop:
+        return
+    final = tested or evaluate_split(model, test, cfg)  # a run resumed at its last step has not tested yet
+    run.summary({f"test/{k}": v for k, v in final.items()} | {"train/steps": step})
+    print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {step} steps, {cfg.model.glimpses} glimpses")
+
+
+@torch.no_grad()
+def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> dict:
+    """Error and NLL of the class distribution averaged over `eval_samples` glimpse paths per image."""
+    model.eval()
+    m = cfg.train.eval_samples
+    generator = step_generator(cfg.seed, -1, split.images.device)  # the same paths at every evaluation
+    errors, nll = 0, 0.0
+    for images, labels in split.batches(max(1, cfg.train.eval_batch_size // m)):
+        x = images.float().div_(255).repeat(m, 1, 1, 1)  # (m * B, C, H, W), path j of image i at j * B + i
+        log_p = F.log_softmax(model(x, generator).logits, 1).view(m, len(labels), -1)
+        log_mean = torch.logsumexp(log_p, 0) - math.log(m)  # log of the mean probability over paths
+        errors += (log_mean.argmax(1) != labels).sum().item()
+        nll += F.nll_loss(log_mean, labels, reduction="sum").item()
+    return {"error": errors / len(split), "errors": errors, "nll": nll / len(split)}
+
+
+@torch.no_grad()
+def plot_paths(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: Run, step: int) -> None:
+    """Draw each glimpse's retina (finest patch bright, coarser ones dim) over a few test images, to media/."""
+    count = min(cfg.train.paths_to_plot, len(split))
+    if not count:
+        return
+    model.eval()
+    images = split.images[:count].float().div(255)
+    out = model(images, step_generator(cfg.seed, -2, images.device))
+    run.log_images("test/glimpse_paths", draw_paths(images, out.locations, model.glimpse.sensor.sides), step, nrow=min(count, 8))
+
+
+def draw_paths(images: torch.Tensor, locations: torch.Tensor, sides: list[int], zoom: int = 3) -> torch.Tensor:
+    """(N, 1, H, W) in [0, 1] and (N, T, 2) locations -> (N, 3, zoom H, zoom W) RGB in [0, 1]: the image in
+    grey, each glimpse's patches as squares from blue (first) to red (last), its centres joined by a line."""
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = images.shape
+    t = locations.shape[1]
+    drawn = []
+    for i in range(n):
+        grey = (images[i, 0].cpu().numpy() * 255).astype(np.uint8)
+        canvas = Image.fromarray(grey).convert("RGB").resize((w * zoom, h * zoom), Image.NEAREST)
+        pen = ImageDraw.Draw(canvas)
+        centres = []
+        for j in range(t):
+            colour = (int(255 * j / max(t - 1, 1)), 64, int(255 * (1 - j / max(t - 1, 1))))
+            r = location_to_pixel(locations[i, j, 0], h).item()
+            c = location_to_pixel(locations[i, j, 1], w).item()
+            centres.append(((c + 0.5) * zoom, (r + 0.5) * zoom))
+            for k, side in enumerate(sides):
+                top, left = (r - side // 2) * zoom, (c - side // 2) * zoom
+                faded = tuple(v // (k + 1) for v in colour)
+                pen.rectangle([left, top, left + side * zoom - 1, top + side * zoom - 1], outline=faded)
+        pen.line(centres, fill=(255, 255, 0), width=1)
+        drawn.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
+    return torch.stack(drawn)
+
+
+def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
+    """`pixlab eval RUN_DIR`: the test error of the checkpoint's model on the task's fixed test set."""
+    device = select_device(cfg.device)
+    mnist = load_dataset("mnist", cfg.task.root, cfg.task.download)
+    test = fixed_test_split(cfg, mnist.test.to(device))
+    model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
+    model.load_state_dict(checkpoint["state"]["model"])
+    return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in evaluate_split(model, test, cfg).items()}
+
+
+register("ram", RAMConfig, train, evaluate)

@@ -1,0 +1,75 @@
+"""The Recurrent Attention Model classifier: its hybrid loss by hand, shapes, and a tiny run through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rl.ram import Glimpses, ModelConfig, RecurrentAttention, hybrid_loss
+from shared.tracking import read_metrics
+
+from conftest import CONFIGS, only_run_dir, run_cli
+from wandb_records import offline_run
+
+
+def test_hybrid_loss_matches_hand_computation():
+    out = Glimpses(
+        logits=torch.tensor([[2.0, 0.0], [0.0, 1.0]]),  # image 0 right (class 0), image 1 wrong
+        log_probs=torch.tensor([[-1.0, -0.5], [-2.0, -1.0]]),
+        baselines=torch.tensor([[0.5, 0.75], [0.25, 0.0]]),
+        locations=torch.zeros(2, 3, 2),
+    )
+    loss, parts = hybrid_loss(out, torch.tensor([0, 0]))
+    nll = F.cross_entropy(out.logits, torch.tensor([0, 0])).item()
+    # rewards (1, 0); REINFORCE: -mean_i sum_t (R_i - b_it) log pi_it
+    reinforce = -(((1 - 0.5) * -1.0 + (1 - 0.75) * -0.5) + ((0 - 0.25) * -2.0 + (0 - 0.0) * -1.0)) / 2
+    mse = (((0.5 - 1) ** 2 + (0.75 - 1) ** 2) + (0.25**2 + 0.0**2)) / 2
+    assert parts["reward"].item() == 0.5
+    assert parts["reinforce"].item() == pytest.approx(reinforce)
+    assert parts["baseline_mse"].item() == pytest.approx(mse)
+    assert loss.item() == pytest.approx(nll + reinforce + mse)
+
+
+def test_model_takes_the_configured_glimpses_and_gradients_reach_every_part():
+    torch.manual_seed(0)
+    model = RecurrentAttention(1, 10, ModelConfig(glimpses=6, patch=8, scales=2))
+    out = model(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(1))
+    assert out.logits.shape == (4, 10) and out.locations.shape == (4, 6, 2)
+    assert out.log_probs.shape == (4, 5) and out.baselines.shape == (4, 5)
+    loss, _ = hybrid_loss(out, torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    again = model(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(1))
+    assert torch.equal(again.locations[:, 0], out.locations[:, 0])  # the generator fixes the path's randomness
+
+
+def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
+    config = str(CONFIGS / "ram" / "translated60.yaml")
+    args = ["train", config, f"task.root={mnist_root}", "task.clutter=4", "train.max_steps=20", "train.batch_size=16",
+            "train.eval_samples=2", "task.test_limit=300", "train.paths_to_plot=4", "tracking.log_every=10", "checkpoint.every=10"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path / "runs")
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "train/loss" in r] == [10, 20]
+    tests = [r for r in records if "test/error" in r]
+    assert [r["step"] for r in tests] == [20] and 0 <= tests[0]["test/error"] <= 1
+    assert records[-1]["summary"]["test/error"] == tests[0]["test/error"]
+    paths = sorted((run / "media").glob("test_glimpse_paths-*.png"))
+    assert len(paths) == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000000010.pt", "step-000000020.pt"]
+    written = offline_run(run)
+    assert written["config"]["task"]["canvas"] == 60 and written["summary"]["test/error"] == tests[0]["test/error"]
+
+    evaluated = run_cli("eval", str(run), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test/error"] == tests[0]["test/error"]  # the same fixed test paths
+
+
+def test_bad_task_exits_2_naming_the_key(tmp_path):
+    result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), "task.clutter=4", cwd=tmp_path)
+    assert result.returncode == 2 and "task.clutter" in result.stderr and not (tmp_path / "runs").exists()
