@@ -5,6 +5,7 @@
     pixlab eval RUN_DIR                   test metrics of a run's latest checkpoint, as JSON
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
     pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3
+    pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
 
 Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
@@ -25,7 +26,7 @@ from shared.config import load_config
 from shared.errors import PixlabError
 
 # Importing an algorithm module registers its `algo:` name (shared.config.register).
-ALGORITHM_MODULES = ("shared.classify", "rl.dqn")
+ALGORITHM_MODULES = ("shared.classify", "rl.dqn", "rl.ram", "rl.reinforce", "generative.vae", "generative.dcgan", "generative.pixelcnn")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
-    bench.add_argument("target", choices=["classify", "dqn"])
+    bench.add_argument("target", choices=["classify", "dqn", "pixelcnn"])
     bench.add_argument("--json", action="store_true", help="print the full report as JSON")
     bench.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time (classify)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median is reported")
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3000, help="agent steps per agent (dqn)")
     bench.add_argument("--learning-starts", type=int, default=1000, help="agent steps before learning (dqn)")
     bench.add_argument("--compile", action="store_true", help="time our DQN with torch.compile (dqn)")
+    bench.add_argument("--batch-size", type=int, default=16, help="images sampled at once (pixelcnn)")
+    bench.add_argument("--image-size", type=int, default=28, help="side of the square binary images (pixelcnn)")
     bench.set_defaults(command=cmd_bench)
     return parser
 
@@ -123,6 +126,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "pixelcnn":
+        from generative.bench import bench_pixelcnn, format_report as format_sampling
+
+        if args.batch_size < 1 or args.image_size < 1:
+            raise PixlabError(f"--batch-size and --image-size must be >= 1, got {args.batch_size} and {args.image_size}")
+        report = bench_pixelcnn(batch_size=args.batch_size, image_size=args.image_size, device=args.device)
+        print(json.dumps(report, indent=2) if args.json else format_sampling(report))
+        return 0
     if args.target == "dqn":
         from rl.bench import bench_dqn, format_report
 

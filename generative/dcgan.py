@@ -1,0 +1,246 @@
+"""DCGAN (Radford, Metz, Chintala 2015, "Unsupervised representation learning with deep convolutional
+generative adversarial networks"), trained as the paper's guidelines say.
+
+    pixlab train configs/dcgan/mnist.yaml
+    pixlab eval runs/<id>                      # FID and IS analogue of the latest generator
+
+The generator and discriminator are shared/models/dcgan.py (strided convolutions, batch norm, ReLU/tanh
+and LeakyReLU 0.2, N(0, 0.02) init). Each step, on a batch of real images x and noise z ~ N(0, I):
+
+    discriminator:  minimise BCE(D(x), 1) + BCE(D(G(z)), 0)
+    generator:      minimise BCE(D(G(z)), 1)       (the non-saturating loss of Goodfellow et al. 2014)
+
+with BCE on logits, and Adam at lr 2e-4, beta1 0.5 for both (the paper's values, in the config). Images
+are scaled to [-1, 1], the range of the generator's tanh; MNIST is padded from 28x28 to 32x32 with black.
+
+A fixed batch of noise is decoded into a sample grid after every epoch (media/ and W&B). The samples'
+FID and Inception-Score analogue (generative/metrics.py: a LeNet-FID on MNIST) are scored after every
+epoch or at the end (`metrics.every`), on `metrics.num_samples` images, with the generator in eval mode
+(batch norm from its running statistics, so a sample does not depend on its batch). The epoch order
+depends on (seed, epoch) only, so a run stopped mid-epoch resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
+from shared.config import RunConfig, register, require
+from shared.errors import ConfigError
+from shared.data import ImageData, epoch_order, load_dataset
+from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from shared.run import Run
+from shared.train.device import select_device
+from shared.train.optim import OptimConfig, make_optimizer
+
+
+@dataclass
+class DataConfig:
+    name: Literal["mnist", "cifar10"] = "mnist"
+    root: Optional[str] = None  # folder holding <name>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
+    download: bool = True
+    pad: int = 2  # black pixels added on each side: the generator's sizes are powers of two (MNIST 28 -> 32)
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 100  # the paper's 100-dimensional uniform z; we draw it from N(0, I) as dcgan.torch does
+    generator_width: int = 64  # channels at the generator's finest hidden layer (the paper's Figure 1: 128)
+    discriminator_width: int = 64
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 128  # the paper's mini-batch size
+    max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
+
+
+@dataclass
+class DCGANConfig(RunConfig):
+    algo: str = "dcgan"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # The paper: Adam, lr 0.0002 (0.001 was too high), beta1 0.5 (0.9 oscillated and was unstable).
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999]))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    samples: int = 64  # the fixed-noise sample grid drawn every epoch
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
+        side = image_side(self)
+        power_of_two = side >= 16 and side & (side - 1) == 0
+        require(power_of_two, "data.pad", f"gives {side}x{side} images; DCGAN needs a power of two >= 16 (MNIST: pad 2, CIFAR-10: pad 0)", self.data.pad)
+        require(self.model.latent_dim > 0, "model.latent_dim", "must be > 0", self.model.latent_dim)
+        require(self.model.generator_width > 0, "model.generator_width", "must be > 0", self.model.generator_width)
+        require(self.model.discriminator_width > 0, "model.discriminator_width", "must be > 0", self.model.discriminator_width)
+        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
+        require(self.train.batch_size > 1, "train.batch_size", "must be > 1 (batch norm needs two images)", self.train.batch_size)
+        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
+        require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
+        require(self.samples > 0, "samples", "must be > 0", self.samples)
+        check_metrics_config(self.metrics, self.data.name)
+
+
+def to_tanh_range(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float (B, C, H + 2 pad, W + 2 pad) in [-1, 1], padded with -1 (black)."""
+    x = images.float().div(127.5).sub(1)
+    return F.pad(x, (pad,) * 4, value=-1.0) if pad else x
+
+
+def image_side(cfg: DCGANConfig) -> int:
+    """The side of the images the networks read and write: the dataset's, plus the padding."""
+    return {"mnist": 28, "cifar10": 32}[cfg.data.name] + 2 * cfg.data.pad
+
+
+def build_networks(cfg: DCGANConfig, channels: int, device: torch.device) -> tuple[DCGANGenerator, DCGANDiscriminator]:
+    side = image_side(cfg)
+    generator = DCGANGenerator(cfg.model.latent_dim, channels, side, cfg.model.generator_width).to(device)
+    discriminator = DCGANDiscriminator(channels, side, cfg.model.discriminator_width).to(device)
+    return generator, discriminator
+
+
+def sampler(generator: DCGANGenerator):
+    """sample(noise_generator, n) -> n generated images (n, C, H, W) in [0, 1], generator in eval mode."""
+
+    @torch.no_grad()
+    def sample(noise: torch.Generator, n: int) -> torch.Tensor:
+        generator.eval()
+        z = torch.randn(n, generator.latent_dim, generator=noise, device=noise.device)
+        return generator(z).add(1).div(2)
+
+    return sample
+
+
+def train(cfg: DCGANConfig, run: Run) -> None:
+    data: ImageData = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download).to(run.device)
+    generator, discriminator = build_networks(cfg, data.train.images.shape[1], run.device)
+    opt_g = make_optimizer(generator.parameters(), cfg.optim)
+    opt_d = make_optimizer(discriminator.parameters(), cfg.optim)
+    n_train = len(data.train)
+    # Whole batches only: a last batch of a few images would give batch norm poor statistics.
+    steps_per_epoch = n_train // cfg.train.batch_size
+    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
+    objects = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
+    scorer = SampleScorer(cfg.metrics, data, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
+    fixed_noise = torch.randn(
+        cfg.samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
+    ).to(run.device)
+
+    # Running sums of the logged terms between two log lines are part of the state, so that a resumed
+    # run logs the very numbers an uninterrupted one does.
+    state = run.restore(objects) or {"step": 0, "sums": [0.0] * 4, "count": 0}
+    step, count = state["step"], state["count"]
+    sums = torch.tensor(state["sums"], device=run.device)  # d_loss, g_loss, D(x), D(G(z))
+    ones = torch.ones(cfg.train.batch_size, device=run.device)
+    zeros = torch.zeros(cfg.train.batch_size, device=run.device)
+
+    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    clock, clock_step = time.perf_counter(), step
+    stop = False
+    last = {}  # the metrics of the last evaluation, which the summary repeats
+    while step < total_steps and not stop:
+        epoch, first_batch = divmod(step, steps_per_epoch)
+        order = epoch_order(n_train, cfg.seed, epoch, run.device)
+        for batch in range(first_batch, steps_per_epoch):
+            index = order[batch * cfg.train.batch_size : (batch + 1) * cfg.train.batch_size]
+            real = to_tanh_range(data.train.images[index], cfg.data.pad)
+            generator.train()
+            discriminator.train()
+            fake = generator(torch.randn(len(real), cfg.model.latent_dim, device=run.device))
+
+            real_logits = discriminator(real)
+            fake_logits = discriminator(fake.detach())  # no gradient into G from D's step
+            d_loss = F.binary_cross_entropy_with_logits(real_logits, ones) + F.binary_cross_entropy_with_logits(fake_logits, zeros)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+            # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))), whose gradient
+            # vanishes while D rejects the samples confidently, early in training.
+            g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+
+            step += 1
+            sums += torch.stack([d_loss.detach(), g_loss.detach(), real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean()])
+            count += 1
+            progress.update(1)
+
+            if step % cfg.tracking.log_every == 0:
+                d_mean, g_mean, d_real, d_fake = (sums / count).tolist()
+                run.check_finite("train/d_loss", d_mean, step)
+                run.check_finite("train/g_loss", g_mean, step)
+                elapsed = time.perf_counter() - clock
+                run.log(
+                    {
+                        "train/d_loss": d_mean,
+                        "train/g_loss": g_mean,
+                        "train/d_real": d_real,  # mean D(x): the probability D gives real images
+                        "train/d_fake": d_fake,  # mean D(G(z)) before D's step
+                        "train/epoch": step / steps_per_epoch,
+                        "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9),
+                    },
+                    step,
+                )
+                progress.set_postfix(d=f"{d_mean:.3f}", g=f"{g_mean:.3f}")
+                sums.zero_()
+                count = 0
+                clock, clock_step = time.perf_counter(), step
+            if step % steps_per_epoch == 0 or step == total_steps:
+                last = end_of_epoch(cfg, run, generator, fixed_noise, scorer, step, progress, score=cfg.metrics.every == "epoch" or step == total_steps)
+            stop = run.should_stop
+            if step % cfg.checkpoint.every == 0 or step == total_steps or stop:
+                run.save(step, objects, {"sums": sums.tolist(), "count": count})
+            if stop or step == total_steps:
+                break
+    progress.close()
+    if stop:
+        return
+
+    if scorer is not None and step != last.get("step"):  # a finished run resumed: nothing was scored in this process
+        last = {"step": step} | scorer.score(sampler(generator))
+    summary = {"train/steps": step} | {k: v for k, v in last.items() if k != "step"}
+    if scorer is not None:
+        summary |= scorer.reference(data)
+    run.summary(summary)
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k.startswith("samples/"))
+    print(f"{cfg.name}: {step} steps; {scores}")
+
+
+def end_of_epoch(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, fixed_noise: torch.Tensor, scorer, step: int, progress, score: bool) -> dict:
+    """Log the fixed-noise sample grid and, when `score`, the samples' FID and IS; return {'step': step, **scores}."""
+    generator.eval()
+    with torch.no_grad():
+        run.log_images("media/samples", generator(fixed_noise).add(1).div(2), step)
+    metrics = {}
+    if scorer is not None and score:
+        metrics = scorer.score(sampler(generator))
+        run.log(metrics, step)
+        progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return {"step": step} | metrics
+
+
+def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
+    """The FID and IS analogue of `metrics.num_samples` samples of the checkpoint's generator."""
+    if cfg.metrics.network == "none":
+        raise ConfigError("this run has metrics.network='none': pixlab eval of a DCGAN scores its samples, and there is no feature network")
+    device = select_device(cfg.device)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download).to(device)
+    generator, _ = build_networks(cfg, data.train.images.shape[1], device)
+    generator.load_state_dict(checkpoint["state"]["generator"])
+    scorer = SampleScorer(cfg.metrics, data, cfg.data.root, device, cfg.seed)
+    return {"step": checkpoint["step"]} | scorer.score(sampler(generator))
+
+
+register("dcgan", DCGANConfig, train, evaluate)
