@@ -31,7 +31,10 @@ def mnist_root() -> Path:
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     """`pixlab ARGS` in a fresh interpreter, as a user runs it."""
-    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    # An in-process wandb.init leaves WANDB_SERVICE (its service's socket) in os.environ; a child that
+    # inherits it hands its run to that service instead of its own, and may exit before the files are written.
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env = inherited | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen
     )
