@@ -2,7 +2,8 @@
 
     pixlab train CONFIG [key=value ...]   start a run in runs/<date>-<time>-<name>/
     pixlab resume RUN_DIR                 continue a run from its latest checkpoint
-    pixlab eval RUN_DIR                   test metrics of a run's latest checkpoint, as JSON
+    pixlab eval RUN_DIR [key=value ...]   test metrics of a run's latest checkpoint, as JSON (overrides:
+                                          how to evaluate, e.g. eval.episodes=30; the run is not changed)
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
     pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3
     pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="print the test metrics of a run's latest checkpoint")
     evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation settings, e.g. eval.episodes=30")
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
@@ -114,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from shared.errors import CheckpointError
     from shared.run import latest_checkpoint, load_checkpoint
 
-    algorithm, cfg = _load_run_config(args.run_dir)
+    algorithm, cfg = _load_run_config(args.run_dir, args.overrides)
     path = latest_checkpoint(args.run_dir)
     if path is None:
         raise CheckpointError(f"{args.run_dir} has no checkpoint to evaluate")
@@ -151,11 +153,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_config(run_dir: Path):
+def _load_run_config(run_dir: Path, overrides: Sequence[str] = ()):
     config = Path(run_dir) / "config.yaml"
     if not config.exists():
         raise PixlabError(f"{run_dir} is not a run folder: it has no config.yaml")
-    return load_config(config)
+    return load_config(config, overrides)
 
 
 def _exit_status(run) -> int:

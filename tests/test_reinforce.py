@@ -142,6 +142,12 @@ def test_cartpole_run_through_the_cli_and_eval(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
     assert metrics["eval/episodes"] == 4 and metrics["eval/return"] >= 8  # CartPole lasts at least 8 steps
+    more = run_cli("eval", str(run), "eval.episodes=6", cwd=tmp_path)  # how to evaluate, given on the command line
+    assert more.returncode == 0, more.stderr
+    assert json.loads(more.stdout)["eval/episodes"] == 6
+    assert "episodes: 4" in (run / "config.yaml").read_text()  # the run's own config is left as it was
+    bad = run_cli("eval", str(run), "eval.episode=6", cwd=tmp_path)
+    assert bad.returncode == 2 and "eval.episode" in bad.stderr
 
 
 @pytest.mark.parametrize("config", ["pong_karpathy", "breakout_ram", "breakout_glimpses"])
