@@ -341,7 +341,7 @@ def draw_paths(images: torch.Tensor, locations: torch.Tensor, sides: list[int], 
                 faded = tuple(v // (k + 1) for v in colour)
                 pen.rectangle([left, top, left + side * zoom - 1, top + side * zoom - 1], outline=faded)
         pen.line(centres, fill=(255, 255, 0), width=1)
-        drawn.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
+        drawn.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)  # a writable copy
     return torch.stack(drawn)
 
 
