@@ -39,9 +39,9 @@ def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "au
                 "kind": kind,
                 "model": f"hidden {cfg.hidden}, {cfg.layers} layers after the first, kernels {cfg.first_kernel}/{cfg.kernel}, head {cfg.head_hidden}",
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "naive_s": round(timings["naive"], 3),
-                "cached_s": round(timings["cached"], 3),
-                "speedup": round(timings["naive"] / timings["cached"], 1),
+                "naive_s": round(timings["naive"], 4),
+                "cached_s": round(timings["cached"], 4),
+                "speedup": round(timings["naive"] / timings["cached"], 2),
                 "samples_match": mismatched == 0,
                 "mismatched_subpixels": mismatched,
             }

@@ -268,4 +268,5 @@ def test_bench_pixelcnn_reports_both_samplers_and_that_they_agree(tmp_path):
     for row in report["results"]:
         assert row["samples_match"] and row["mismatched_subpixels"] == 0
         assert row["naive_s"] > 0 and row["cached_s"] > 0 and row["parameters"] > 0
-        assert row["speedup"] == pytest.approx(row["naive_s"] / row["cached_s"], rel=0.05)
+        # speedup is kept to 2 decimals and the times to 4, so the two agree to rounding
+        assert row["speedup"] == pytest.approx(row["naive_s"] / row["cached_s"], rel=0.01, abs=0.006)
