@@ -222,7 +222,7 @@ def end_of_epoch(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, fixed_no
     """Log the fixed-noise sample grid and, when `score`, the samples' FID and IS; return {'step': step, **scores}."""
     generator.eval()
     with torch.no_grad():
-        run.log_images("media/samples", generator(fixed_noise).add(1).div(2), step)
+        run.log_images("samples", generator(fixed_noise).add(1).div(2), step)  # the stable W&B media key
     metrics = {}
     if scorer is not None and score:
         metrics = scorer.score(sampler(generator))

@@ -440,7 +440,7 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
     run.log_images("media/reconstructions", torch.cat(rows), step)  # odd rows the test images, even rows their reconstructions
 
     z = torch.randn(m.samples, vae.latent_dim, generator=generator, device=device)
-    run.log_images("media/samples", vae.decode_mean(z), step)
+    run.log_images("samples", vae.decode_mean(z), step)  # the stable W&B media key
 
     ends, _ = vae.encode(data.inputs(data.test[: 2 * m.interpolations])[0])
     start, end = ends[0::2], ends[1::2]  # (rows, L): pairs of consecutive test images

@@ -237,7 +237,7 @@ def evaluate(cfg: DQNConfig, q: nn.Module, run: Run, step: int) -> dict:
     result = evaluate_policy(act, cfg.env, cfg.eval, seed=cfg.seed + 10_000 + step, video_path=video)
     q.train()
     if video is not None and video.exists():
-        run.log_video("eval/video", video, step)
+        run.log_video("video", video, step)  # the stable W&B media key
     return result
 
 

@@ -56,6 +56,7 @@ class ModelConfig:
     glimpses: int = 6
     patch: int = 8  # side of the retina's finest patch (paper: 8 on MNIST, 12 on translated)
     scales: int = 1  # patches per glimpse, sides patch * 2^i (paper: 1 on MNIST, 3 on translated)
+    pool: Literal["avg", "max"] = "avg"  # how coarser patches shrink to patch x patch (avg: the paper's)
     what: int = 128  # h_g units
     where: int = 128  # h_l units
     glimpse_features: int = 256  # g units
@@ -116,7 +117,7 @@ class RecurrentAttention(nn.Module):
     def __init__(self, channels: int, classes: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.glimpses = cfg.glimpses
-        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features)
+        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
         self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.classifier = nn.Linear(cfg.hidden, classes)
@@ -158,7 +159,7 @@ class GlimpseAgent(nn.Module):
 
     def __init__(self, channels: int, num_actions: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features)
+        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
         self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.logits = nn.Linear(cfg.hidden, num_actions)

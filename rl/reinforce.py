@@ -4,7 +4,7 @@ baseline, advantage normalisation and an entropy bonus.
     pixlab train configs/reinforce/cartpole.yaml
     pixlab train configs/reinforce/pong_karpathy.yaml     Karpathy's "Pong from pixels"
     pixlab train configs/reinforce/breakout_ram.yaml      an MLP on the console's 128 RAM bytes
-    pixlab train configs/reinforce/pong_glimpses.yaml     the Recurrent Attention Model playing Atari
+    pixlab train configs/reinforce/breakout_glimpses.yaml the Recurrent Attention Model playing Atari
 
 Each update: play N environments until `batch_episodes` episodes have ended, then ascend
 
@@ -261,13 +261,14 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, episodes: list[E
     adv = advantages(returns, baseline, a.normalize_advantages)
     total = len(returns)
     optimizer.zero_grad(set_to_none=True)
-    sums = {"policy_loss": 0.0, "entropy": 0.0, "value_loss": 0.0}
+    sums = {"loss": 0.0, "policy_loss": 0.0, "entropy": 0.0, "value_loss": 0.0}  # loss: the total minimised
 
     def backward(log_prob, entropy, value, adv_part, ret_part) -> None:
         policy_loss = -(adv_part * log_prob).sum()
         value_loss = (value - ret_part).pow(2).sum() if a.baseline == "value" else torch.zeros((), device=device)
         loss = (policy_loss - a.entropy_coef * entropy.sum() + a.value_coef * value_loss) / total
         loss.backward()
+        sums["loss"] += loss.item()
         sums["policy_loss"] += policy_loss.item() / total
         sums["entropy"] += entropy.sum().item() / total
         sums["value_loss"] += value_loss.item() / total
@@ -350,7 +351,7 @@ def train(cfg: ReinforceConfig, run: Run) -> None:
             "train/steps_per_s": taken / max(now - clock, 1e-9),
         }
         clock = now
-        run.check_finite("train/policy_loss", metrics["train/policy_loss"], step)
+        run.check_finite("train/loss", metrics["train/loss"], step)
         run.log(metrics, step)
         progress.set_postfix(ret100=f"{metrics['train/return_100']:.1f}")
         if step >= next_checkpoint or run.should_stop:

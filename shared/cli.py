@@ -7,11 +7,22 @@
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
     pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3
     pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
+    pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]
+                                          mean +/- std learning curves over seeds, a table (report.md, .csv)
+                                          and sweep plots, from metrics.jsonl (shared/report.py)
+    pixlab sweep SPEC [--workers N] [--backend local|slurm|wandb]
+                                          the trials of a W&B-format sweep spec, one run folder each in
+                                          runs/<sweep>/; run it again to resume (shared/sweep.py)
+    pixlab reproduce NAME [--budget full|cpu|smoke] [--seeds K]
+                                          a published result's sweep, then measured beside published
+                                          (configs/reproduce/, shared/reproduce.py); no NAME: the entries;
+                                          --table: the README's results table from runs/reproduce-*
 
 Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
-Exit status: 0 done; 1 training diverged; 2 bad input (config, data file, checkpoint), with nothing
-written; 128 + signal number (130 for SIGINT, 143 for SIGTERM) after a checkpoint was saved.
+Exit status: 0 done; 1 training diverged (sweep, reproduce: a trial failed for good); 2 bad input (config,
+data file, checkpoint, sweep spec), with nothing written; 128 + signal number (130 for SIGINT, 143 for
+SIGTERM) after a checkpoint was saved.
 """
 
 from __future__ import annotations
@@ -33,13 +44,18 @@ ALGORITHM_MODULES = ("shared.classify", "rl.dqn", "rl.ram", "rl.reinforce", "gen
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for module in ALGORITHM_MODULES:
-        importlib.import_module(module)
+    import_algorithms()
     try:
         return args.command(args)
     except PixlabError as e:
         print(f"pixlab: error: {e}", file=sys.stderr)
         return e.exit_code
+
+
+def import_algorithms() -> None:
+    """Register every `algo:` name; a sweep's worker process calls it too."""
+    for module in ALGORITHM_MODULES:
+        importlib.import_module(module)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=16, help="images sampled at once (pixelcnn)")
     bench.add_argument("--image-size", type=int, default=28, help="side of the square binary images (pixelcnn)")
     bench.set_defaults(command=cmd_bench)
+
+    report = commands.add_parser("report", help="learning curves, a results table and sweep plots from run folders")
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="run folders, or folders holding run folders (runs/<sweep>)")
+    report.add_argument("--metric", help="the metric to report, e.g. test/error (default: each algorithm's own)")
+    report.add_argument("--group-by", metavar="KEY", help="a dotted config key to group runs by (default: runs that differ only in seed)")
+    report.add_argument("--out", type=Path, help="folder for the PNGs, report.md and report.csv (default: reports/<RUNS name>)")
+    direction = report.add_mutually_exclusive_group()
+    direction.add_argument("--higher-better", dest="higher_better", action="store_true", default=None, help="best = the maximum")
+    direction.add_argument("--lower-better", dest="higher_better", action="store_false", help="best = the minimum")
+    report.set_defaults(command=cmd_report)
+
+    sweep = commands.add_parser("sweep", help="run the trials of a sweep spec (W&B sweep format); again: resume it")
+    sweep.add_argument("spec", type=Path, help="a sweep YAML, e.g. configs/sweeps/lenet5_digits_lr.yaml")
+    _add_pool_arguments(sweep, backends=("local", "slurm", "wandb"))
+    sweep.add_argument("--retries", type=int, help="attempts after a crash, per trial (default: the spec's retries, else 2)")
+    sweep.set_defaults(command=cmd_sweep)
+
+    reproduce = commands.add_parser("reproduce", help="reproduce a published result: its sweep, then measured beside published")
+    reproduce.add_argument("name", nargs="?", help="an entry of configs/reproduce/ (none: list them)")
+    reproduce.add_argument("--budget", choices=["full", "cpu", "smoke"], default="full", help="full: the paper's protocol; cpu: a 2-core session; smoke: seconds")
+    reproduce.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: the budget's)")
+    reproduce.add_argument("--table", action="store_true", help="print the README's results table from runs/reproduce-*/reproduce.json")
+    _add_pool_arguments(reproduce, backends=("local", "slurm"))
+    reproduce.set_defaults(command=cmd_reproduce)
     return parser
+
+
+def _add_pool_arguments(parser: argparse.ArgumentParser, backends: Sequence[str]) -> None:
+    parser.add_argument("--workers", type=int, default=1, help="trials at once: processes here, Slurm jobs queued, or W&B agents (default 1)")
+    parser.add_argument("--backend", choices=backends, default="local", help="where trials run (default local: processes here)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -151,6 +197,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = bench_classify(args.models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from shared.report import write_report
+
+    out, markdown = write_report(args.runs, args.out, args.metric, args.group_by, args.higher_better)
+    print(markdown)
+    print(f"pixlab: report written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from shared.sweep import load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    return run_sweep(spec, run_trial, args.backend, args.workers, args.retries, args.threads).status
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from shared import reproduce
+
+    if args.table:
+        print(reproduce.results_table())
+    elif args.name is None:
+        print(reproduce.list_entries())
+    else:
+        return reproduce.reproduce(args.name, args.budget, run_trial, args.seeds, args.backend, args.workers, args.threads)
+    return 0
+
+
+def run_trial(config: str, overrides: Sequence[str], run_dir: Optional[str]) -> int:
+    """A sweep's trial, in its worker process: `pixlab train CONFIG OVERRIDES`, or `pixlab resume RUN_DIR`
+    for a trial whose folder an interrupted or crashed attempt left. Errors propagate to the sweep."""
+    import_algorithms()
+    if run_dir is None:
+        return cmd_train(argparse.Namespace(config=Path(config), overrides=list(overrides)))
+    return cmd_resume(argparse.Namespace(run_dir=Path(run_dir)))
 
 
 def _load_run_config(run_dir: Path, overrides: Sequence[str] = ()):

@@ -72,7 +72,7 @@ def require_choice(value: Any, choices: Sequence[str], key: str) -> None:
     """For choices known only at run time (model names): a ConfigError with the valid ones."""
     if value not in choices:
         raise ConfigError(
-            f"{key}={value!r} is not a valid choice{_did_you_mean(value, choices)}; valid choices: {', '.join(choices)}"
+            f"{key}={value!r} is not a valid choice{did_you_mean(value, choices)}; valid choices: {', '.join(choices)}"
         )
 
 
@@ -107,7 +107,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Algori
     if algo_name not in ALGORITHMS:
         choices = sorted(ALGORITHMS)
         problem = "has no 'algo' key" if algo_name is None else f"algo={algo_name!r} is not a known algorithm"
-        raise ConfigError(f"{path}: {problem}; valid choices: {', '.join(choices)}{_did_you_mean(algo_name, choices)}")
+        raise ConfigError(f"{path}: {problem}; valid choices: {', '.join(choices)}{did_you_mean(algo_name, choices)}")
     algorithm = ALGORITHMS[algo_name]
 
     schema = OmegaConf.structured(algorithm.config)
@@ -174,7 +174,7 @@ def _explain(error: OmegaConfBaseException, schema: DictConfig, layer: dict, sou
         valid = sorted(str(k) for k in parent.keys())
         where = f" under '{parent_key}'" if parent_key else ""
         return ConfigError(
-            f"{source}: unknown key '{full_key}'{_did_you_mean(leaf, valid, parent_key)}; "
+            f"{source}: unknown key '{full_key}'{did_you_mean(leaf, valid, parent_key)}; "
             f"valid keys{where}: {', '.join(valid)}"
         )
 
@@ -182,7 +182,7 @@ def _explain(error: OmegaConfBaseException, schema: DictConfig, layer: dict, sou
     if choices is not None:
         value = OmegaConf.select(OmegaConf.create(layer), full_key, default=None)
         return ConfigError(
-            f"{source}: {full_key}={value!r} is not a valid choice{_did_you_mean(value, choices)}; "
+            f"{source}: {full_key}={value!r} is not a valid choice{did_you_mean(value, choices)}; "
             f"valid choices: {', '.join(choices)}"
         )
     return ConfigError(f"{source}: {full_key}: {_first_line(error)}")
@@ -199,7 +199,7 @@ def _choices(parent: Any, leaf: str) -> Optional[list[str]]:
     return None
 
 
-def _did_you_mean(value: Any, choices: Sequence[str], prefix: str = "") -> str:
+def did_you_mean(value: Any, choices: Sequence[str], prefix: str = "") -> str:
     if value is None:
         return ""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)

@@ -89,7 +89,7 @@ class Run:
             suffix += 1
         (directory / "checkpoints").mkdir(parents=True)
         (directory / "media").mkdir()
-        _atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+        atomic_write_text(directory / "config.yaml", to_yaml(cfg))
         meta = {
             "name": cfg.name,
             "algo": cfg.algo,
@@ -105,7 +105,7 @@ class Run:
             "world_size": dist.world_size,
             "resumes": [],
         }
-        _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
         seed_everything(cfg.seed)
         try:
             return cls(cfg, directory, meta, fresh=True, dist=dist)
@@ -126,7 +126,7 @@ class Run:
                 "git": git_state(),
             }
         )
-        _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
         seed_everything(cfg.seed)
         return cls(cfg, directory, meta, fresh=False, dist=dist)
 
@@ -208,7 +208,7 @@ class Run:
         self.stop_signal = signum
 
     def _write_meta(self) -> None:
-        _atomic_write_text(self.dir / "meta.json", json.dumps(self.meta, indent=2))
+        atomic_write_text(self.dir / "meta.json", json.dumps(self.meta, indent=2))
 
 
 class FollowerRun(Run):
@@ -387,7 +387,8 @@ def describe_device(device: torch.device) -> dict:
     return info
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)

@@ -1,8 +1,9 @@
 """Metrics to a local metrics.jsonl (always) and to Weights & Biases (offline unless asked for online).
 
 One JSON object per line: {"step": int, "<section>/<name>": float, ..., "wall_time": seconds since
-the run first started}. Stable names across trainers: train/loss, train/lr, test/error, test/loss,
-eval/return, ... so that `pixlab report` and the W&B panels read every algorithm the same way.
+the run first started}. Stable names across trainers: train/loss, eval/return, eval/hns, test/nll_nats,
+test/error, and the media keys samples and video, so that `pixlab report` and the W&B panels
+(configs/wandb/README.md) read every algorithm the same way.
 An offline W&B run lands in <run>/wandb/offline-run-*; `wandb sync <that folder>` uploads it later.
 """
 
@@ -37,6 +38,17 @@ def wandb_mode(setting: str, env: Optional[dict] = None) -> str:
     return "offline"
 
 
+def wandb_group_and_tags(cfg: TrackingConfig, config: dict) -> tuple[Optional[str], list[str]]:
+    """The W&B group and tags of a run (configs/wandb/README.md): `tracking.group`, else the config's `name`,
+    so that the seeds of one experiment fall in one group; `tracking.tags` with the algorithm's name put
+    first when it is missing, since the standard panels filter on it."""
+    tags = list(cfg.tags)
+    algo = config.get("algo")
+    if algo and algo not in tags:
+        tags.insert(0, algo)
+    return cfg.group or config.get("name"), tags
+
+
 class Tracker:
     """Writes metrics.jsonl and mirrors everything to a W&B run when W&B is not disabled."""
 
@@ -60,11 +72,12 @@ class Tracker:
         if self.mode != "disabled":
             import wandb  # imported here: W&B is heavy and not needed when switched off
 
+            group, tags = wandb_group_and_tags(cfg, config)
             self.wandb_run = wandb.init(
                 project=cfg.project,
                 entity=cfg.entity,
-                group=cfg.group,
-                tags=list(cfg.tags) or None,
+                group=group,
+                tags=tags or None,
                 job_type=cfg.job_type,
                 name=name,
                 config=config,

@@ -66,7 +66,7 @@ def test_dcgan_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "step-000000004.pt").exists()
-    assert (run / "media" / "media_samples-000000004.png").exists()
+    assert (run / "media" / "samples-000000004.png").exists()
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if "train/d_loss" in r]
     assert [r["step"] for r in train] == [2, 4]
@@ -79,7 +79,7 @@ def test_dcgan_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
     assert written["run"].run_group == "dcgan-mnist" and list(written["run"].tags) == ["dcgan", "mnist", "generative"]
     assert written["config"]["optim"]["betas"] == [0.5, 0.999]
     assert written["summary"]["samples/fid_lenet"] == summary["samples/fid_lenet"]
-    assert any(h.get("media/samples/_type") == "image-file" for h in written["history"])
+    assert any(h.get("samples/_type") == "image-file" for h in written["history"])
 
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0

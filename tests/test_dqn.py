@@ -13,6 +13,7 @@ from shared.run import latest_checkpoint, load_checkpoint
 from shared.tracking import read_metrics
 
 from conftest import CONFIGS, only_run_dir, run_cli
+from wandb_records import offline_run
 
 
 def test_training_signal_clips_rewards_counts_life_loss_and_keeps_true_scores():
@@ -57,7 +58,7 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
         "train", str(CONFIGS / "dqn" / "pong.yaml"),
         "total_steps=600", "env.num_envs=2", "agent.learning_starts=200", "agent.buffer_size=2000",
         "agent.target_update=100", "eval.every=0", "eval.episodes=2", "eval.num_envs=2", "eval.max_episode_frames=400",
-        "tracking.log_every=200", "checkpoint.every=300", "tracking.wandb=disabled",
+        "tracking.log_every=200", "checkpoint.every=300",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,6 +72,7 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
     assert summary["eval/hns"] == pytest.approx(100 * (summary["eval/return"] + 20.7) / 30.0)
     assert summary["replay/bytes_per_transition"] <= 7200
     assert list((run / "media").glob("eval-*.gif"))
+    assert any(h.get("video/_type") == "video-file" for h in offline_run(run)["history"])  # the stable W&B media key
     checkpoint = load_checkpoint(latest_checkpoint(run))
     assert checkpoint["step"] == 600 and set(checkpoint["state"]) == {"q", "target", "optimizer", "explorer", "accel"}
     assert json.loads((run / "meta.json").read_text())["algo"] == "dqn"

@@ -36,6 +36,20 @@ def test_sensor_patches_pixel_exact_at_centre_and_corner():
     assert retina[1, 1].tolist() == [[0.0, 0.0], [(5 + 6 + 15 + 16) / 4, (7 + 8 + 17 + 18) / 4]]
 
 
+def test_max_pooling_sensor_keeps_the_brightest_pixel_of_each_block():
+    image = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)
+    retina = GlimpseSensor(patch=2, scales=2, pool="max")(image, torch.zeros(1, 2))
+    assert retina[0, 0].tolist() == [[44.0, 45.0], [54.0, 55.0]]  # the finest scale is not pooled
+    # The 4x4 patch covers rows 3-6, cols 3-6; each 2x2 block keeps its bottom-right (largest) pixel.
+    assert retina[0, 1].tolist() == [[44.0, 46.0], [64.0, 66.0]]
+    ball = torch.zeros(1, 1, 84, 84)
+    ball[0, 0, 50, 30] = 1.0  # a one-pixel ball, 8 pooled pixels away from the centre
+    coarse_avg, coarse_max = (GlimpseSensor(12, 4, pool)(ball, torch.zeros(1, 2))[0, 3] for pool in ("avg", "max"))
+    assert coarse_max.max().item() == 1.0 and coarse_avg.max().item() == 1 / 64
+    with pytest.raises(ValueError, match="pool must be 'avg' or 'max'"):
+        GlimpseSensor(2, 2, pool="mean")
+
+
 def test_sensor_keeps_channels_apart_and_glimpse_network_shapes():
     x = torch.zeros(3, 4, 84, 84)
     x[:, 2] = 1.0  # only channel 2 is lit

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rl.envs import EnvConfig, make_vec_env
 from rl.ram import GlimpseAgent, ModelConfig
@@ -134,6 +135,9 @@ def test_cartpole_run_through_the_cli_and_eval(tmp_path):
     updates = [r for r in records if "train/policy_loss" in r]
     assert updates and all(r["train/episodes"] >= 8 * (i + 1) for i, r in enumerate(updates))
     assert [r["train/updates"] for r in updates] == list(range(1, len(updates) + 1))
+    agent = yaml.safe_load((run / "config.yaml").read_text())["agent"]  # train/loss: the total that was minimised
+    parts = [r["train/policy_loss"] - agent["entropy_coef"] * r["train/entropy"] + agent["value_coef"] * r["train/value_loss"] for r in updates]
+    assert [r["train/loss"] for r in updates] == pytest.approx(parts, rel=1e-4, abs=1e-6)
     summary = records[-1]["summary"]
     assert summary["train/steps"] == updates[-1]["step"] >= 1500
     assert summary["train/return_100"] == pytest.approx(updates[-1]["train/return_100"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.config import TrackingConfig
-from shared.tracking import Tracker, image_grid, read_metrics, wandb_mode
+from shared.tracking import Tracker, image_grid, read_metrics, wandb_group_and_tags, wandb_mode
 
 from wandb_records import offline_run
 
@@ -47,6 +47,25 @@ def test_offline_wandb_run_holds_config_summary_history_and_tags(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r.get("train/loss") for r in records] == [2.0, 1.0, None]
     assert records[-1] == {"summary": {"test/error": 0.0125}}
+
+
+def test_without_a_group_the_run_groups_by_its_config_name_and_is_tagged_with_its_algorithm(tmp_path):
+    tracker = Tracker(tmp_path, TrackingConfig(tags=["mnist"]), config={"algo": "vae", "name": "vae-mnist", "seed": 1}, name="20261123-000000-vae-mnist")
+    tracker.close()
+    run = offline_run(tmp_path)["run"]
+    assert run.run_group == "vae-mnist" and list(run.tags) == ["vae", "mnist"]
+
+
+@pytest.mark.parametrize(
+    "group, tags, expected",
+    [
+        ("lr-sweep", ["dqn", "pong"], ("lr-sweep", ["dqn", "pong"])),  # set in the config: kept as it is
+        (None, ["pong", "dqn"], ("dqn-pong", ["pong", "dqn"])),  # the algorithm already among the tags
+        (None, [], ("dqn-pong", ["dqn"])),
+    ],
+)
+def test_wandb_group_and_tags(group, tags, expected):
+    assert wandb_group_and_tags(TrackingConfig(group=group, tags=tags), {"algo": "dqn", "name": "dqn-pong"}) == expected
 
 
 def test_truncate_after_drops_later_records_and_the_summary(tmp_path):

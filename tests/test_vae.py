@@ -148,8 +148,8 @@ def test_vae_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
     assert (run / "config.yaml").exists() and list((run / "checkpoints").glob("step-000000006.pt"))
-    for grid in ("samples", "reconstructions", "interpolations", "manifold"):
-        assert (run / "media" / f"media_{grid}-000000006.png").exists(), grid
+    for grid in ("samples", "media_reconstructions", "media_interpolations", "media_manifold"):
+        assert (run / "media" / f"{grid}-000000006.png").exists(), grid
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train] == [3, 6]

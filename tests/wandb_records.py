@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -41,11 +42,20 @@ def read_records(path: Path) -> list:
     return records
 
 
-def offline_run(run_dir: Path) -> dict:
-    """{'run': the run record, 'config': {...}, 'summary': {...}, 'history': [{...}, ...]} of the run's W&B log."""
+def offline_run(run_dir: Path, wait: float = 10.0) -> dict:
+    """{'run': the run record, 'config': {...}, 'summary': {...}, 'history': [{...}, ...]} of the run's W&B log.
+
+    wandb.finish() can return before W&B's service has written the log: wait up to `wait` seconds for its
+    exit record (a run finished in this very process is often still a bare header when finish returns).
+    """
     (log,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + wait
+    records = _records_so_far(log)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        records = _records_so_far(log)
     out = {"run": None, "config": {}, "summary": {}, "history": []}
-    for record in read_records(log):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["run"] = record.run
@@ -61,3 +71,15 @@ def offline_run(run_dir: Path) -> dict:
         elif kind == "history":
             out["history"].append({("/".join(i.nested_key) or i.key): json.loads(i.value_json) for i in record.history.item})
     return out
+
+
+def _records_so_far(log: Path) -> list:
+    """The records of a log W&B may still be writing: none while its header or last record is incomplete."""
+    from google.protobuf.message import DecodeError
+
+    if log.stat().st_size < 7:
+        return []
+    try:
+        return read_records(log)
+    except DecodeError:
+        return []

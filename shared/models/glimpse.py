@@ -6,7 +6,9 @@ side S, location l puts a patch's centre at pixel c = floor((l + 1) / 2 * S), cl
 patch of side p covers pixels c - p//2 .. c - p//2 + p - 1 (outside the image: zeros).
 
     GlimpseSensor   rho(x, l): k patches of sides g, 2g, 4g, ... around l, each average-pooled to g x g
-                    (an exact area resize: the sides are g * 2^i), stacked -> (B, k * C, g, g)
+                    (an exact area resize: the sides are g * 2^i), stacked -> (B, k * C, g, g). `pool="max"`
+                    max-pools instead: our switch for Atari frames, where averaging an 8x8 block dims a
+                    one-pixel ball to 1/64 of its brightness and max-pooling keeps it
     GlimpseNetwork  h_g = relu(W_g rho), h_l = relu(W_l l), g = relu(W_g' h_g + W_l' h_l)   (paper, sec. 4)
     Core            h_t = relu(W_h h_{t-1} + W_x g_t) (the paper's plain RNN for classification), or an LSTM
     LocationPolicy  l_t ~ N(tanh(W h_t), sigma^2 I), sigma fixed (a config number); the sample is the
@@ -35,11 +37,14 @@ def location_to_pixel(location: torch.Tensor, size: int) -> torch.Tensor:
 class GlimpseSensor(nn.Module):
     """x (B, C, H, W) float, locations (B, 2) in [-1, 1] -> retina (B, scales * C, patch, patch) float."""
 
-    def __init__(self, patch: int = 8, scales: int = 1) -> None:
+    def __init__(self, patch: int = 8, scales: int = 1, pool: Literal["avg", "max"] = "avg") -> None:
         super().__init__()
         if patch < 1 or scales < 1:
             raise ValueError(f"glimpse patch and scales must be >= 1, got patch={patch}, scales={scales}")
+        if pool not in ("avg", "max"):
+            raise ValueError(f"glimpse pool must be 'avg' or 'max', got {pool!r}")
         self.patch, self.scales = patch, scales
+        self.pool = F.avg_pool2d if pool == "avg" else F.max_pool2d
         self.sides = [patch * 2**i for i in range(scales)]
 
     def forward(self, x: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
@@ -57,7 +62,7 @@ class GlimpseSensor(nn.Module):
             patch = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, side, side, C)
             patch = patch.permute(0, 3, 1, 2)
             if side != self.patch:
-                patch = F.avg_pool2d(patch, side // self.patch)
+                patch = self.pool(patch, side // self.patch)
             patches.append(patch)
         return torch.cat(patches, dim=1)
 
@@ -65,9 +70,9 @@ class GlimpseSensor(nn.Module):
 class GlimpseNetwork(nn.Module):
     """(x (B, C, H, W), locations (B, 2)) -> glimpse features g (B, out_features)."""
 
-    def __init__(self, channels: int, patch: int = 8, scales: int = 1, what: int = 128, where: int = 128, out_features: int = 256):
+    def __init__(self, channels: int, patch: int = 8, scales: int = 1, what: int = 128, where: int = 128, out_features: int = 256, pool: Literal["avg", "max"] = "avg"):
         super().__init__()
-        self.sensor = GlimpseSensor(patch, scales)
+        self.sensor = GlimpseSensor(patch, scales, pool)
         self.what = nn.Linear(scales * channels * patch * patch, what)
         self.where = nn.Linear(2, where)
         self.what_out = nn.Linear(what, out_features)

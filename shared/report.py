@@ -1,0 +1,483 @@
+"""`pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]`: learning curves, a results table and
+sweep plots, read from the runs' metrics.jsonl alone (no W&B needed).
+
+    pixlab report runs/<sweep>                               every trial below it, grouped over seeds
+    pixlab report runs/a runs/b --metric train/loss          any runs, one metric
+    pixlab report runs/ --group-by agent.double --out /tmp/r group by a dotted config key
+
+What it does, top to bottom:
+
+1. Runs. Each RUNS path is a run folder (config.yaml + metrics.jsonl) or a folder searched recursively
+   for run folders (runs/, runs/<sweep>/ with its trials).
+2. Sections. Runs are split by algorithm (`algo:` of config.yaml). A section reports one metric:
+   --metric, or the algorithm's default (DEFAULT_METRICS: the first of its candidates some run logged).
+   Runs of a section that never logged the metric are left out, with a note on stderr.
+3. Series. A run's series is the (step, value) pairs of the metric in its step records; the x axis is the
+   `step` the trainer logs (agent steps for DQN and REINFORCE, optimizer steps for the others). A step
+   logged twice keeps its later value. A metric found only in the final summary record (the VAE's
+   test/nll_nats, an IWAE bound computed once) is one point at the run's last step.
+4. Groups. Runs whose configs are equal apart from the IGNORED keys (seed, name, runs_dir, device,
+   tracking.*, checkpoint.*) are the seeds of one group; `--group-by key.path` groups by that key's
+   value instead. A group is labelled by the config keys whose values differ between groups.
+5. Curves. Per group, the mean over seeds, with a band of one standard deviation (sample std, ddof=1;
+   no band for one seed). Unequal step grids: when every seed logged at the same steps the curve uses
+   those steps; otherwise each seed is linearly interpolated onto the union of the seeds' steps inside
+   the range that every seed covers ([latest first step, earliest last step]). Each point is then a
+   mean over all n seeds, nothing is extrapolated, and the curve ends where the shortest seed ended.
+   Seeds that share no step range at all (one point each at different steps) are drawn one by one.
+6. Table. Per group: seeds, final value (each run's last logged value; mean +/- std over seeds), best
+   value (each run's min or max, by the metric's direction; mean +/- std), and the runs' last steps.
+   Written as report.md (also printed; 4 significant digits) and report.csv (full precision, in the
+   metric's unit; a group of one run has no std, left blank).
+7. Sweep. The config keys (IGNORED excepted) whose values differ between a section's runs are its swept
+   parameters. For each, the final value of every group (mean +/- std error bar over seeds) against the
+   parameter; a log x axis for positive numbers that span two decades or more. Drawn when 1 to
+   MAX_SWEPT keys differ: runs that differ in more are unrelated experiments, not a sweep.
+
+Units: METRICS gives each known metric its direction and unit; values are shown in that unit (test/error,
+logged as a fraction, is shown in %). A metric not listed is lower-is-better unless its name says
+return, reward, hns, accuracy or is_ (a score); --higher-better / --lower-better override the direction.
+
+Bad input (a path with no run folders, a metric no run logged, a --group-by key a run's config lacks)
+raises PixlabError, which the CLI turns into exit status 2; it is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from shared.config import did_you_mean
+from shared.errors import PixlabError
+from shared.tracking import read_metrics
+
+# name: (higher is better, unit, factor from the logged value to that unit)
+METRICS: dict[str, tuple[bool, str, float]] = {
+    "test/error": (False, "%", 100.0),
+    "val/error": (False, "%", 100.0),
+    "test/loss": (False, "nats", 1.0),
+    "test/nll": (False, "nats", 1.0),
+    "test/nll_nats": (False, "nats/image", 1.0),
+    "test/nll_bits_per_dim": (False, "bits/dim", 1.0),
+    "test/bits_per_dim": (False, "bits/dim", 1.0),
+    "test/elbo_nats": (False, "-ELBO, nats/image", 1.0),
+    "eval/return": (True, "episode return", 1.0),
+    "eval/hns": (True, "% of human", 1.0),
+    "train/episode_return": (True, "episode return", 1.0),
+    "train/return_100": (True, "episode return, mean of last 100", 1.0),
+    "samples/fid_lenet": (False, "LeNet-FID", 1.0),
+    "samples/is_lenet": (True, "LeNet-IS", 1.0),
+    "train/loss": (False, "loss", 1.0),
+}
+# train/loss is a different quantity in each trainer; its unit there.
+TRAIN_LOSS_UNITS = {
+    "classify": "cross-entropy, nats",
+    "ram": "hybrid loss",
+    "pixelcnn": "nats/image",
+    "vae": "-ELBO, nats/image",
+    "dqn": "Huber TD loss",
+    "reinforce": "policy-gradient surrogate + value loss",
+}
+HIGHER_IS_BETTER_WORDS = ("return", "reward", "hns", "accuracy", "is_")
+
+# The metric each algorithm is judged by; the first one some run logged is taken. The VAE's IWAE
+# test/nll_nats is computed once, at the end: its curve is test/elbo_nats (ask for the NLL with --metric).
+DEFAULT_METRICS = {
+    "classify": ("test/error",),
+    "ram": ("test/error",),
+    "dqn": ("eval/return", "train/episode_return"),
+    "reinforce": ("eval/return", "train/return_100"),
+    "pixelcnn": ("test/nll_nats",),
+    "vae": ("test/elbo_nats", "test/nll_nats"),
+    "dcgan": ("samples/fid_lenet",),
+}
+FALLBACK_METRICS = ("test/error", "eval/return", "train/loss")
+STEP_UNITS = {"dqn": "agent steps", "reinforce": "agent steps"}  # the others: optimizer steps
+
+# Config keys that do not make two runs different experiments.
+IGNORED_KEYS = {"seed", "name", "runs_dir", "device"}
+IGNORED_PREFIXES = ("tracking.", "checkpoint.")
+MAX_SWEPT = 4
+
+
+@dataclass
+class RunRecord:
+    """One run folder as read from disk: its flattened config, step records and summary."""
+
+    dir: Path
+    config: dict[str, Any]  # dotted keys -> values
+    records: list[dict]  # the records that carry a "step"
+    summary: dict
+
+    @property
+    def algo(self) -> str:
+        return str(self.config.get("algo") or "unknown")
+
+    def series(self, metric: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(steps, values) of `metric` in step order, or None when the run never logged it."""
+        by_step = {r["step"]: r[metric] for r in self.records if _is_number(r.get(metric))}
+        if not by_step and _is_number(self.summary.get(metric)):
+            last = self.summary.get("train/steps", max((r["step"] for r in self.records), default=0))
+            by_step = {last: self.summary[metric]}
+        if not by_step:
+            return None
+        steps = np.array(sorted(by_step), dtype=np.float64)
+        return steps, np.array([by_step[s] for s in sorted(by_step)], dtype=np.float64)
+
+    def logged(self) -> set[str]:
+        """The names of every metric the run logged, in step records or in its summary."""
+        found = {k for r in self.records for k, v in r.items() if _is_number(v)} | {k for k, v in self.summary.items() if _is_number(v)}
+        return found - {"step", "wall_time"}
+
+
+@dataclass
+class Metric:
+    name: str
+    higher_better: bool
+    unit: str
+    scale: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[RunRecord]
+    series: list[tuple[np.ndarray, np.ndarray]]  # per run, values in the metric's unit
+
+    def finals(self) -> np.ndarray:
+        return np.array([values[-1] for _, values in self.series])
+
+    def bests(self, higher_better: bool) -> np.ndarray:
+        return np.array([values.max() if higher_better else values.min() for _, values in self.series])
+
+    def last_steps(self) -> list[int]:
+        return [int(steps[-1]) for steps, _ in self.series]
+
+
+@dataclass
+class Section:
+    """One algorithm's runs under one metric."""
+
+    algo: str
+    metric: Metric
+    groups: list[Group]
+    swept: dict[str, list[Any]]  # swept key -> its value in each group of `sweep_groups`
+    sweep_groups: list[Group]  # the seed groups (runs equal but for seed), whatever --group-by says
+
+    @property
+    def slug(self) -> str:
+        return f"{self.algo}-{self.metric.name.replace('/', '-')}"
+
+
+# --------------------------------------------------------------------- reading
+def find_runs(paths: Sequence[Path]) -> list[RunRecord]:
+    """Every run folder at or below `paths`, each read once, in path order."""
+    found: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise PixlabError(f"{path} does not exist")
+        folders = [path] if _is_run_dir(path) else sorted(p.parent for p in path.rglob("metrics.jsonl") if _is_run_dir(p.parent))
+        if not folders:
+            raise PixlabError(f"{path} holds no run folders (a run folder has config.yaml and metrics.jsonl)")
+        for folder in folders:
+            found.setdefault(folder.resolve(), folder)
+    return [read_run(folder) for folder in found.values()]
+
+
+def read_run(folder: Path) -> RunRecord:
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    records = read_metrics(folder / "metrics.jsonl")
+    summary: dict = {}
+    for record in records:
+        summary.update(record.get("summary", {}))
+    return RunRecord(folder, flatten(config), [r for r in records if "step" in r], summary)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}; lists stay values."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# --------------------------------------------------------------------- building the report
+def build_sections(
+    runs: list[RunRecord], metric: Optional[str] = None, group_by: Optional[str] = None, higher_better: Optional[bool] = None
+) -> list[Section]:
+    """Split runs by algorithm, pick each section's metric, group the runs; raises PixlabError on bad input."""
+    if metric is not None and not any(metric in run.logged() for run in runs):
+        known = sorted(set().union(*(run.logged() for run in runs)))
+        raise PixlabError(f"no run logged the metric {metric!r}{did_you_mean(metric, known)}; the runs logged: {', '.join(known)}")
+    sections = []
+    for algo in sorted({run.algo for run in runs}):
+        members = [run for run in runs if run.algo == algo]
+        name = metric or _default_metric(algo, members)
+        kept = [run for run in members if name in run.logged()]
+        for run in (run for run in members if name not in run.logged()):
+            print(f"pixlab report: {run.dir} has no {name}; left out", file=sys.stderr)
+        if not kept:
+            continue
+        described = describe_metric(name, algo, higher_better)
+        seed_groups = group_runs(kept, None, described)
+        groups = seed_groups if group_by is None else group_runs(kept, group_by, described)
+        swept = differing_keys(kept)
+        sweepable = {k: [g.runs[0].config.get(k) for g in seed_groups] for k in swept if all(_is_scalar(g.runs[0].config.get(k)) for g in seed_groups)}
+        sections.append(Section(algo, described, groups, sweepable if 1 <= len(swept) <= MAX_SWEPT else {}, seed_groups))
+    return sections
+
+
+def describe_metric(name: str, algo: str, higher_better: Optional[bool] = None) -> Metric:
+    """Direction, unit and scale of a metric (METRICS, else guessed from its name); `higher_better` overrides."""
+    known_higher, unit, scale = METRICS.get(name, (any(w in name for w in HIGHER_IS_BETTER_WORDS), "", 1.0))
+    if name == "train/loss":
+        unit = TRAIN_LOSS_UNITS.get(algo, unit)
+    return Metric(name, known_higher if higher_better is None else higher_better, unit, scale)
+
+
+def group_runs(runs: list[RunRecord], group_by: Optional[str], metric: Metric) -> list[Group]:
+    """Groups of runs, by the value of `group_by` or by the whole config but the IGNORED keys (the seeds of
+    one experiment), ordered by the values of the keys that tell them apart (numbers by size)."""
+    if group_by is not None:
+        lacking = [run for run in runs if group_by not in run.config]
+        if lacking:
+            hint = did_you_mean(group_by, sorted(lacking[0].config))
+            raise PixlabError(f"--group-by {group_by}: no such key in the config of {', '.join(str(run.dir) for run in lacking)}{hint}")
+    differing = differing_keys(runs)
+    keys = [group_by] if group_by is not None else differing
+    buckets: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        buckets.setdefault(json.dumps([run.config.get(k) for k in keys], default=str), []).append(run)
+    groups = []
+    for members in sorted(buckets.values(), key=lambda members: [_order(members[0].config.get(k)) for k in keys]):
+        if group_by is not None:
+            label = f"{group_by}={_show(members[0].config[group_by])}"
+        elif 1 <= len(differing) <= MAX_SWEPT:
+            label = ", ".join(f"{k}={_show(members[0].config.get(k))}" for k in differing)
+        else:
+            label = str(members[0].config.get("name", members[0].dir.name))
+        scaled = [(steps, values * metric.scale) for steps, values in (run.series(metric.name) for run in members)]
+        groups.append(Group(label, members, scaled))
+    labels = [g.label for g in groups]
+    for g in groups:  # experiments that share a name and differ in many keys: tell them apart by folder
+        if labels.count(g.label) > 1:
+            g.label = f"{g.label} ({g.runs[0].dir.name})"
+    return groups
+
+
+def differing_keys(runs: list[RunRecord]) -> list[str]:
+    """Config keys, IGNORED excepted, whose values are not the same in every run."""
+    keys = sorted(set().union(*(run.config for run in runs)))
+    return [
+        k for k in keys
+        if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
+        and len({json.dumps(run.config.get(k), default=str) for run in runs}) > 1
+    ]
+
+
+def mean_curve(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, std) over seeds; unequal step grids are interpolated inside their common range."""
+    grids = [steps for steps, _ in series]
+    if all(np.array_equal(grids[0], g) for g in grids[1:]):
+        steps, values = grids[0], np.stack([v for _, v in series])
+    else:
+        first, last = max(g[0] for g in grids), min(g[-1] for g in grids)
+        steps = np.unique(np.concatenate(grids))
+        steps = steps[(steps >= first) & (steps <= last)]
+        values = np.stack([np.interp(steps, s, v) for s, v in series])
+    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(len(steps))
+    return steps, values.mean(axis=0), std
+
+
+# --------------------------------------------------------------------- writing
+def write_report(
+    paths: Sequence[Path],
+    out: Optional[Path] = None,
+    metric: Optional[str] = None,
+    group_by: Optional[str] = None,
+    higher_better: Optional[bool] = None,
+) -> tuple[Path, str]:
+    """Read the runs, check the request, then write the PNGs, report.md and report.csv to `out`.
+
+    Returns (the folder written, the markdown). Nothing is written when the input is bad.
+    """
+    runs = find_runs(paths)
+    sections = build_sections(runs, metric, group_by, higher_better)
+    if not sections:
+        raise PixlabError("none of the runs logged their algorithm's default metric yet; name one with --metric")
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("reports") / (Path(paths[0]).resolve().name if len(paths) == 1 else f"report-{stamp}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PixlabError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    parts = [f"# pixlab report\n\nRuns from: {', '.join(str(p) for p in paths)} ({len(runs)} run folders).\n"]
+    rows = []
+    for section in sections:
+        images = [plot_curves(section, out / f"curves-{section.slug}.png")]
+        if section.swept:
+            images.append(plot_sweep(section, out / f"sweep-{section.slug}.png"))
+        parts.append(markdown_section(section, [p.name for p in images]))
+        rows += csv_rows(section)
+    markdown = "\n".join(parts)
+    (out / "report.md").write_text(markdown)
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out, markdown
+
+
+def markdown_section(section: Section, images: list[str]) -> str:
+    m = section.metric
+    direction = "higher is better" if m.higher_better else "lower is better"
+    lines = [
+        f"## {section.algo}: {m.label}, {direction}\n",
+        f"| group | seeds | final {m.name} | best {m.name} ({'max' if m.higher_better else 'min'}) | last step |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for g in section.groups:
+        lines.append(f"| {g.label} | {len(g.runs)} | {_mean_std(g.finals())} | {_mean_std(g.bests(m.higher_better))} | {_steps(g.last_steps())} |")
+    if section.swept:
+        lines.append(f"\nSwept: {', '.join(section.swept)}.")
+    lines += [""] + [f"![{name}]({name})" for name in images] + [""]
+    return "\n".join(lines)
+
+
+def csv_rows(section: Section) -> list[dict]:
+    m = section.metric
+    rows = []
+    for g in section.groups:
+        finals, bests = g.finals(), g.bests(m.higher_better)
+        rows.append({
+            "algo": section.algo, "metric": m.name, "unit": m.unit, "best_is": "max" if m.higher_better else "min",
+            "group": g.label, "seeds": len(g.runs),
+            "final_mean": float(finals.mean()), "final_std": _std(finals), "best_mean": float(bests.mean()), "best_std": _std(bests),
+            "last_step_min": min(g.last_steps()), "last_step_max": max(g.last_steps()),
+            "runs": ";".join(run.dir.name for run in g.runs),
+        })
+    return rows
+
+
+def plot_curves(section: Section, path: Path) -> Path:
+    """Mean +/- std learning curve of every group on one axis."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(9, 5.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    for g in section.groups:
+        steps, mean, std = mean_curve(g.series)
+        if len(steps) == 0:  # the seeds share no step range: each drawn alone, in the group's colour
+            color = None
+            for i, (run_steps, values) in enumerate(g.series):
+                label = f"{g.label} (n={len(g.runs)}, no common steps)" if i == 0 else None
+                (line,) = ax.plot(run_steps, values, marker="o", markersize=4, linewidth=1.0, color=color, alpha=0.7, label=label)
+                color = line.get_color()
+            continue
+        marker = "o" if len(steps) <= 30 else None
+        (line,) = ax.plot(steps, mean, marker=marker, markersize=4, linewidth=1.6, label=f"{g.label} (n={len(g.runs)})")
+        if len(g.runs) > 1:
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(f"step ({STEP_UNITS.get(section.algo, 'optimizer steps')})")
+    ax.set_ylabel(section.metric.label)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_title(f"{section.algo}: {section.metric.name}, mean ± std over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path)
+    return path
+
+
+def plot_sweep(section: Section, path: Path) -> Path:
+    """The final metric of every seed group against each swept parameter, one panel a parameter."""
+    from matplotlib.figure import Figure
+
+    keys = list(section.swept)
+    fig = Figure(figsize=(4.8 * len(keys), 4.5), dpi=120, layout="constrained")
+    finals = [g.finals() for g in section.sweep_groups]
+    means, stds = [f.mean() for f in finals], [_std(f) or 0.0 for f in finals]
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        values = section.swept[key]
+        if all(_is_number(v) for v in values):
+            xs = [float(v) for v in values]
+            if use_log_axis(xs):
+                ax.set_xscale("log")
+        else:  # categories (strings, booleans) at positions 0, 1, ...
+            categories = sorted({_show(v) for v in values})
+            xs = [categories.index(_show(v)) for v in values]
+            ax.set_xticks(range(len(categories)), categories)
+        ax.errorbar(xs, means, yerr=stds, fmt="o", capsize=4, markersize=6)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"final {section.metric.label}")
+        ax.set_title(f"final {section.metric.name} vs {key}", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{section.algo}: each point one configuration, mean ± std over its seeds", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+# --------------------------------------------------------------------- small helpers
+def use_log_axis(values: list[Any]) -> bool:
+    """A log axis for positive numbers that span two decades or more (learning rates, buffer sizes)."""
+    return all(_is_number(v) for v in values) and min(values) > 0 and max(values) / min(values) >= 100
+
+
+def _default_metric(algo: str, runs: list[RunRecord]) -> str:
+    candidates = DEFAULT_METRICS.get(algo, FALLBACK_METRICS)
+    logged = set().union(*(run.logged() for run in runs))
+    return next((m for m in candidates if m in logged), candidates[0])
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float, str, bool))
+
+
+def _order(value: Any) -> tuple:
+    """A sort key that puts numbers first, by size, then everything else by its text."""
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, _show(value))
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def _std(values: np.ndarray) -> Optional[float]:
+    """Sample standard deviation over seeds; None for one seed."""
+    return float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def _mean_std(values: np.ndarray) -> str:
+    std = _std(values)
+    return f"{values.mean():.4g}" if std is None else f"{values.mean():.4g} ± {std:.2g}"
+
+
+def _steps(steps: list[int]) -> str:
+    return f"{min(steps):,}" if min(steps) == max(steps) else f"{min(steps):,}–{max(steps):,}"

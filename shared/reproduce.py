@@ -1,0 +1,245 @@
+"""`pixlab reproduce NAME`: a published result, the sweep that measures it, and measured beside published.
+
+    pixlab reproduce lenet5-mnist --budget cpu    # runs/reproduce-lenet5-mnist-cpu/: the seeds' runs, then
+                                                  # reproduce.json and reproduce.md (the table it prints)
+    pixlab reproduce                              # the entries: published figures and budgets
+    pixlab reproduce --table                      # the README's results table, from every reproduce.json
+
+An entry is a file configs/reproduce/<name>.yaml:
+
+    model: LeNet-5
+    task: MNIST test error
+    config: configs/classify/lenet5_mnist.yaml
+    metric: {name: test/error, scale: 100, unit: "%", goal: minimize}   # the trainer's summary key, shown x scale
+    published: {value: 0.95, source: "LeCun et al. 1998 ..."}          # value in the shown unit; null + text if none
+    budgets:
+      full:  {seeds: 3, overrides: [], about: the paper's protocol}
+      cpu:   {seeds: 3, overrides: [...], about: what a 2-core CPU does in a session}
+      smoke: {seeds: 2, overrides: [...], about: seconds, for tests}
+
+A budget is overrides on the entry's config (or on its own `config:`). `full` is the paper's protocol
+as far as the config can state it, `cpu` what this project's 2-core machine does in well under the
+3 hours of a session, and `smoke` a run of seconds that needs no downloaded data where the trainer can
+read the built-in `digits` set (the RAM, VAE and DCGAN trainers read MNIST only, so their smoke budgets
+need the MNIST files).
+
+How it runs: the entry and budget become a grid sweep spec with no parameters, the budget's overrides
+and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/sweep.py runs it:
+the same checks before anything is written, one run folder per seed, retries, and resume, so running the
+command again continues a cut-short cpu budget from its checkpoints. Then the metric is read from each
+seed's final summary in metrics.jsonl; measured is the mean +/- the sample standard deviation over
+seeds (ddof 1; none for one seed), difference is measured - published.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from shared.errors import ConfigError
+from shared.run import atomic_write_text, git_state
+from shared.config import did_you_mean
+from shared.sweep import REPO, TrialFunction, check_keys, parse_spec, read_summary, run_sweep
+
+ENTRIES = REPO / "configs" / "reproduce"
+BUDGETS = ("full", "cpu", "smoke")
+ENTRY_KEYS = ("model", "task", "config", "metric", "published", "budgets", "slurm")
+METRIC_KEYS = ("name", "scale", "unit", "goal", "decimals")
+PUBLISHED_KEYS = ("value", "source", "text")
+BUDGET_KEYS = ("seeds", "overrides", "about", "config")
+
+
+@dataclass
+class Budget:
+    seeds: int
+    overrides: list[str]
+    about: str
+    config: Optional[str] = None  # another config than the entry's (a CPU-sized variant)
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    model: str
+    task: str
+    config: str
+    metric: dict
+    published: dict
+    budgets: dict[str, Budget]
+    slurm: dict = field(default_factory=dict)
+
+    def shown(self, value: float) -> str:
+        """A metric value in the entry's unit and precision: 0.95%, 81.30 nats, 18.9."""
+        unit = self.metric.get("unit", "")
+        return f"{value:.{self.metric.get('decimals', 2)}f}{unit if unit in ('%', '') else ' ' + unit}"
+
+
+def entry_names() -> list[str]:
+    return sorted(p.stem for p in ENTRIES.glob("*.yaml"))
+
+
+def load_entry(name: str) -> Entry:
+    """Read configs/reproduce/<name>.yaml; an unknown name or key is a ConfigError (exit 2) naming it."""
+    path = ENTRIES / f"{name}.yaml"
+    if not path.is_file():
+        known = entry_names()
+        raise ConfigError(f"unknown reproduce entry {name!r}{did_you_mean(name, known)}; known entries: {', '.join(known)}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    _require_keys(raw, ENTRY_KEYS, ("model", "task", "config", "metric", "published", "budgets"), str(path), "")
+    _require_keys(raw["metric"], METRIC_KEYS, ("name",), str(path), "metric.")
+    _require_keys(raw["published"], PUBLISHED_KEYS, ("value", "source"), str(path), "published.")
+    _require_keys(raw["budgets"], BUDGETS, BUDGETS, str(path), "budgets.")
+    budgets = {}
+    for budget, body in raw["budgets"].items():
+        _require_keys(body, BUDGET_KEYS, ("seeds", "overrides", "about"), str(path), f"budgets.{budget}.")
+        budgets[budget] = Budget(int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config"))
+    return Entry(name, path, raw["model"], raw["task"], raw["config"], raw["metric"], raw["published"], budgets, raw.get("slurm") or {})
+
+
+def _require_keys(node: Any, valid: tuple, required: tuple, source: str, prefix: str) -> None:
+    if not isinstance(node, dict):
+        raise ConfigError(f"{source}: {prefix[:-1] or 'the file'} must be a mapping with keys {', '.join(valid)}")
+    check_keys(node, valid, source, prefix)
+    missing = [k for k in required if k not in node]
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {', '.join(prefix + k for k in missing)}")
+
+
+def sweep_spec(entry: Entry, budget: str, seeds: Optional[int] = None):
+    """The sweep behind an entry's budget, checked by shared/sweep.py like any sweep spec."""
+    b = entry.budgets[budget]
+    raw = {
+        "name": f"reproduce-{entry.name}-{budget}",
+        "method": "grid",
+        "metric": {"name": entry.metric["name"], "goal": entry.metric.get("goal", "minimize")},
+        "config": b.config or entry.config,
+        "overrides": b.overrides,
+        "seeds": seeds or b.seeds,
+    }
+    if entry.slurm:
+        raw["slurm"] = entry.slurm
+    return parse_spec(raw, entry.path)
+
+
+def reproduce(
+    name: str,
+    budget: str,
+    trial_fn: TrialFunction,
+    seeds: Optional[int] = None,
+    backend: str = "local",
+    workers: int = 1,
+    threads: int = 1,
+    out=None,
+) -> int:
+    """Run (or resume) the sweep behind an entry, then print measured beside published and write it down."""
+    out = out or sys.stderr
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget {budget!r} is not a valid choice; valid choices: {', '.join(BUDGETS)}")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    entry = load_entry(name)
+    spec = sweep_spec(entry, budget, seeds)
+    print(f"pixlab: reproduce {name} ({budget}: {entry.budgets[budget].about})", file=out)
+    result = run_sweep(spec, trial_fn, backend=backend, workers=workers, threads=threads, out=out)
+    measured = measure(entry, budget, result.trials, seeds)
+    atomic_write_text(result.dir / "reproduce.json", json.dumps(measured, indent=2))
+    table = format_table([measured])
+    atomic_write_text(result.dir / "reproduce.md", table + "\n")
+    print(table)
+    return result.status
+
+
+def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] = None) -> dict:
+    """The entry's metric over the finished seeds: values, mean, std, difference, wall time, command."""
+    scale = entry.metric.get("scale", 1)
+    finished = [(t["seed"], read_summary(t["run_dir"]).get(entry.metric["name"]), t["wall_time"]) for t in trials if t["status"] == "done"]
+    scored = [(seed, value * scale, wall) for seed, value, wall in finished if value is not None]
+    values = [v for _, v, _ in scored]
+    mean = statistics.fmean(values) if values else None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    published = entry.published["value"]
+    walls = [w for _, _, w in scored if w is not None]
+    command = f"pixlab reproduce {entry.name} --budget {budget}" + (f" --seeds {seeds}" if seeds else "")
+    return {
+        "entry": entry.name,
+        "model": entry.model,
+        "task": entry.task,
+        "metric": entry.metric["name"],
+        "budget": budget,
+        "about": entry.budgets[budget].about,
+        "seeds": [seed for seed, _, _ in scored],
+        "values": values,
+        "mean": mean,
+        "std": std,
+        "trials": len(trials),
+        "published": published,
+        "source": entry.published["source"],
+        "published_text": entry.published.get("text"),
+        "difference": None if mean is None or published is None else mean - published,
+        "wall_time_s": sum(walls) if walls else None,
+        "wall_time_per_seed_s": statistics.fmean(walls) if walls else None,
+        "command": command,
+        "measured": _dt.datetime.now().isoformat(timespec="seconds"),
+        "git": git_state(),
+    }
+
+
+# --------------------------------------------------------------------------------------------- tables
+def format_measured(entry: Entry, m: dict) -> str:
+    """'0.71 ± 0.02% (0.73, 0.72, 0.69; seeds 0, 1, 2)', or why there is no number."""
+    if m["mean"] is None:
+        return f"not measured (0 of {m['trials']} seeds finished)"
+    spread = "" if m["std"] is None else f" ± {entry.shown(m['std'])}"
+    each = ", ".join(f"{v:.{entry.metric.get('decimals', 2)}f}" for v in m["values"])
+    partial = "" if len(m["values"]) == m["trials"] else f", {len(m['values'])} of {m['trials']} seeds finished"
+    return f"{entry.shown(m['mean'])}{spread} ({each}; seeds {', '.join(map(str, m['seeds']))}{partial})"
+
+
+def format_published(entry: Entry, m: dict) -> str:
+    figure = m["published_text"] or ("none" if m["published"] is None else entry.shown(m["published"]))
+    return f"{figure} ({m['source']})"
+
+
+def format_table(measured: list[dict]) -> str:
+    """Measured beside published: the table `pixlab reproduce` prints and writes to reproduce.md."""
+    rows = ["| entry | task | measured | published | difference | budget | wall time |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m in measured:
+        entry = load_entry(m["entry"])
+        difference = "n/a" if m["difference"] is None else ("+" if m["difference"] >= 0 else "") + entry.shown(m["difference"])
+        wall = "n/a" if m["wall_time_s"] is None else f"{m['wall_time_per_seed_s']:.0f} s per seed ({m['wall_time_s']:.0f} s in all)"
+        rows.append(f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {wall} |")
+    return "\n".join(rows)
+
+
+def results_table(runs_dir: Path = Path("runs"), budgets: tuple = ("full", "cpu")) -> str:
+    """The README's results table: one row per reproduce.json under runs_dir (smoke runs left out), each with its command."""
+    found = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("reproduce-*/reproduce.json"))]
+    found = [m for m in found if m["budget"] in budgets and m["entry"] in entry_names()]
+    found.sort(key=lambda m: (entry_names().index(m["entry"]), BUDGETS.index(m["budget"])))
+    rows = ["| model | task | measured | published | budget | command |", "| --- | --- | --- | --- | --- | --- |"]
+    for m in found:
+        entry = load_entry(m["entry"])
+        rows.append(f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | `{m['command']}` |")
+    return "\n".join(rows)
+
+
+def list_entries() -> str:
+    """Each entry with its published figure and budgets: what `pixlab reproduce` with no name prints."""
+    lines = []
+    for name in entry_names():
+        entry = load_entry(name)
+        published = entry.published.get("text") or ("none" if entry.published["value"] is None else entry.shown(entry.published["value"]))
+        lines.append(f"{name}: {entry.model}, {entry.task}; published {published} ({entry.published['source']})")
+        lines += [f"    --budget {b:<5}  {entry.budgets[b].seeds} seed(s), {entry.budgets[b].about}" for b in BUDGETS]
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""`pixlab reproduce`: every entry and budget loads, unknown names exit 2, and the smoke budget runs end to
+end through the CLI, with measured (from the runs' own summaries) beside published."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+import shared.cli
+from shared.cli import main
+from shared.reproduce import BUDGETS, entry_names, load_entry, results_table, sweep_spec
+from shared.sweep import check_trials, expand, read_summary
+
+from conftest import SHARED_DATA, run_cli
+
+ISSUE_ENTRIES = {
+    "lenet5-mnist", "resnet20-cifar10", "dqn-nature-pong", "reinforce-pong", "ram-mnist-6",
+    "ram-translated-60", "pixelcnn-bmnist", "vae-bmnist", "dcgan-mnist",
+}
+
+
+def test_every_entry_has_a_published_source_and_three_budgets_whose_configs_load():
+    shared.cli.import_algorithms()
+    assert set(entry_names()) == ISSUE_ENTRIES
+    for name in entry_names():
+        entry = load_entry(name)
+        assert entry.published["source"] and (entry.published["value"] is not None or entry.published.get("text"))
+        for budget in BUDGETS:
+            spec = sweep_spec(entry, budget)
+            trials = expand(spec)
+            check_trials(spec, trials)  # each seed's config loads as `pixlab train` would load it
+            assert [t.seed for t in trials] == list(range(entry.budgets[budget].seeds))
+            assert spec.name == f"reproduce-{name}-{budget}" and spec.metric["name"] == entry.metric["name"]
+
+
+def test_unknown_entry_exits_2_naming_the_known_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "lenet5-mnst", "--budget", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown reproduce entry 'lenet5-mnst' (did you mean 'lenet5-mnist'?)" in err and "vae-bmnist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["lenet5-mnist", "pixelcnn-bmnist"])
+def test_reproduce_smoke_end_to_end(tmp_path, name):
+    result = run_cli("reproduce", name, "--budget", "smoke", "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = load_entry(name)
+    folder = tmp_path / "runs" / f"reproduce-{name}-smoke"
+    measured = json.loads((folder / "reproduce.json").read_text())
+
+    runs = sorted(p for p in folder.iterdir() if p.is_dir())
+    seeds = entry.budgets["smoke"].seeds
+    assert len(runs) == seeds and all((r / "config.yaml").exists() and (r / "meta.json").exists() for r in runs)
+    by_seed = {json.loads((r / "meta.json").read_text())["seed"]: r for r in runs}
+    scale = entry.metric.get("scale", 1)
+    expected = [read_summary(by_seed[s])[entry.metric["name"]] * scale for s in range(seeds)]
+    assert measured["seeds"] == list(range(seeds)) and measured["values"] == pytest.approx(expected)
+    assert measured["mean"] == pytest.approx(statistics.fmean(expected))
+    assert measured["std"] == pytest.approx(statistics.stdev(expected))
+    assert measured["difference"] == pytest.approx(measured["mean"] - entry.published["value"])
+    assert measured["wall_time_s"] > 0 and measured["command"] == f"pixlab reproduce {name} --budget smoke"
+
+    row = [line for line in result.stdout.splitlines() if line.startswith(f"| {name} |")]
+    assert len(row) == 1 and f"{expected[0]:.2f}" in row[0] and entry.published["source"] in row[0]
+    assert (folder / "reproduce.md").read_text().strip() == result.stdout.strip()
+    readme = results_table(tmp_path / "runs", budgets=("smoke",))
+    assert f"`pixlab reproduce {name} --budget smoke`" in readme
+    assert name not in results_table(tmp_path / "runs")  # the README's table leaves smoke runs out
+
+
+def _smoke_marks(name: str) -> list:
+    """Slow; and skipped without the real MNIST files when the entry's trainer reads MNIST only."""
+    marks = [pytest.mark.slow]
+    if "MNIST files" in load_entry(name).budgets["smoke"].about and not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        marks.append(pytest.mark.skip(reason=f"the real MNIST files are not in {SHARED_DATA / 'mnist'}"))
+    return marks
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_smoke_marks(n)) for n in entry_names()])
+def test_every_smoke_budget_runs(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("PIXLAB_DATA", str(SHARED_DATA))
+    result = run_cli("reproduce", name, "--budget", "smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads((tmp_path / "runs" / f"reproduce-{name}-smoke" / "reproduce.json").read_text())
+    assert measured["mean"] is not None and len(measured["values"]) == load_entry(name).budgets["smoke"].seeds
