@@ -44,7 +44,7 @@ from shared.data.binarize import binarize, binarize_test
 from shared.models.conv_vae import ConvDecoder, ConvEncoder
 from shared.run import Run
 from shared.train.device import select_device
-from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, descend, make_optimizer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -277,11 +277,7 @@ def train(cfg: VAEConfig, run: Run) -> None:
             x, target = data.inputs(images[order[first : first + cfg.train.batch_size]])
             log_px, kl = elbo_terms(vae, x, target, torch.randn(len(x), cfg.model.latent_dim, device=run.device))
             loss = (kl - log_px).mean()  # the negative ELBO, nats per image
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(vae.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            descend(loss, optimizer, vae.parameters(), cfg.train.grad_clip)
             schedule.step()
             step += 1
             sums += torch.stack([loss.detach(), kl.detach().mean(), -log_px.detach().mean()])

@@ -38,7 +38,7 @@ from shared.data.translated import TEST_SEED, place
 from shared.models.glimpse import Core, GlimpseNetwork, LocationPolicy, location_to_pixel
 from shared.run import Run
 from shared.train.device import select_device
-from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, descend, make_optimizer
 
 
 @dataclass
@@ -254,11 +254,7 @@ def train(cfg: RAMConfig, run: Run) -> None:
         for images, labels in train_split.batches(cfg.train.batch_size, order, start=first_batch):
             out = model(images.float().div_(255), step_generator(cfg.seed, step, device))
             loss, parts = hybrid_loss(out, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            descend(loss, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
             step += 1
             progress.update(1)

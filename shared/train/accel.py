@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from shared.errors import ConfigError
+from shared.train.optim import descend
 
 
 @dataclass
@@ -79,13 +80,10 @@ class Accelerator:
         grad_clip: Optional[float] = None,
     ) -> None:
         """zero_grad, backward (scaled under fp16), optional global-norm clipping, optimizer step."""
-        optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(parameters, grad_clip)
-            optimizer.step()
+            descend(loss, optimizer, parameters, grad_clip)
             return
+        optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if grad_clip:
             self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
