@@ -16,7 +16,8 @@
     pixlab reproduce NAME [--budget full|cpu|smoke] [--seeds K]
                                           a published result's sweep, then measured beside published
                                           (configs/reproduce/, shared/reproduce.py); no NAME: the entries;
-                                          --table: the README's results table from runs/reproduce-*
+                                          --table [--write-readme README.md]: the README's results
+                                          table from runs/reproduce-*
 
 Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--budget", choices=["full", "cpu", "smoke"], default="full", help="full: the paper's protocol; cpu: a 2-core session; smoke: seconds")
     reproduce.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: the budget's)")
     reproduce.add_argument("--table", action="store_true", help="print the README's results table from runs/reproduce-*/reproduce.json")
+    reproduce.add_argument("--write-readme", type=Path, metavar="README", help="with --table: write it between the README's markers instead")
     _add_pool_arguments(reproduce, backends=("local", "slurm"))
     reproduce.set_defaults(command=cmd_reproduce)
     return parser
@@ -218,7 +220,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from shared import reproduce
 
-    if args.table:
+    if args.table and args.write_readme:
+        reproduce.update_readme(args.write_readme)
+    elif args.table:
         print(reproduce.results_table())
     elif args.name is None:
         print(reproduce.list_entries())

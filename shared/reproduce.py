@@ -211,14 +211,17 @@ def format_published(entry: Entry, m: dict) -> str:
     return f"{figure} ({m['source']})"
 
 
+def format_wall(m: dict) -> str:
+    return "n/a" if m["wall_time_s"] is None else f"{m['wall_time_per_seed_s']:.0f} s per seed ({m['wall_time_s']:.0f} s in all)"
+
+
 def format_table(measured: list[dict]) -> str:
     """Measured beside published: the table `pixlab reproduce` prints and writes to reproduce.md."""
     rows = ["| entry | task | measured | published | difference | budget | wall time |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in measured:
         entry = load_entry(m["entry"])
         difference = "n/a" if m["difference"] is None else ("+" if m["difference"] >= 0 else "") + entry.shown(m["difference"])
-        wall = "n/a" if m["wall_time_s"] is None else f"{m['wall_time_per_seed_s']:.0f} s per seed ({m['wall_time_s']:.0f} s in all)"
-        rows.append(f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {wall} |")
+        rows.append(f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {format_wall(m)} |")
     return "\n".join(rows)
 
 
@@ -227,11 +230,25 @@ def results_table(runs_dir: Path = Path("runs"), budgets: tuple = ("full", "cpu"
     found = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("reproduce-*/reproduce.json"))]
     found = [m for m in found if m["budget"] in budgets and m["entry"] in entry_names()]
     found.sort(key=lambda m: (entry_names().index(m["entry"]), BUDGETS.index(m["budget"])))
-    rows = ["| model | task | measured | published | budget | command |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | task | measured | published | budget | wall time, date | command |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in found:
         entry = load_entry(m["entry"])
-        rows.append(f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | `{m['command']}` |")
+        when = f"{format_wall(m)}, {m['measured'][:10]}"
+        rows.append(f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |")
     return "\n".join(rows)
+
+
+README_MARKERS = ("<!-- pixlab reproduce --table: start -->", "<!-- pixlab reproduce --table: end -->")
+
+
+def update_readme(readme: Path, runs_dir: Path = Path("runs")) -> None:
+    """Replace the table between the README's two markers with `results_table()`, atomically."""
+    text = readme.read_text() if readme.exists() else ""
+    start, end = text.find(README_MARKERS[0]), text.find(README_MARKERS[1])
+    if start < 0 or end < start:
+        raise ConfigError(f"{readme}: no results table to replace; put the lines {README_MARKERS[0]!r} and {README_MARKERS[1]!r} around it")
+    head, tail = text[: start + len(README_MARKERS[0])], text[end:]
+    atomic_write_text(readme, f"{head}\n{results_table(runs_dir)}\n{tail}")
 
 
 def list_entries() -> str:

@@ -10,7 +10,8 @@ import pytest
 
 import shared.cli
 from shared.cli import main
-from shared.reproduce import BUDGETS, entry_names, load_entry, results_table, sweep_spec
+from shared.errors import ConfigError
+from shared.reproduce import BUDGETS, README_MARKERS, entry_names, load_entry, results_table, sweep_spec, update_readme
 from shared.sweep import check_trials, expand, read_summary
 
 from conftest import SHARED_DATA, run_cli
@@ -69,6 +70,15 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     readme = results_table(tmp_path / "runs", budgets=("smoke",))
     assert f"`pixlab reproduce {name} --budget smoke`" in readme
     assert name not in results_table(tmp_path / "runs")  # the README's table leaves smoke runs out
+
+    # --write-readme replaces what lies between the markers and keeps the rest; without them it refuses
+    (tmp_path / "README.md").write_text(f"intro\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\noutro\n")
+    update_readme(tmp_path / "README.md", tmp_path / "runs")
+    assert (tmp_path / "README.md").read_text() == f"intro\n{README_MARKERS[0]}\n{results_table(tmp_path / 'runs')}\n{README_MARKERS[1]}\noutro\n"
+    (tmp_path / "NOTES.md").write_text("no markers\n")
+    with pytest.raises(ConfigError, match="no results table to replace"):
+        update_readme(tmp_path / "NOTES.md", tmp_path / "runs")
+    assert (tmp_path / "NOTES.md").read_text() == "no markers\n"
 
 
 def _smoke_marks(name: str) -> list:
