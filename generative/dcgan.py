@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.errors import ConfigError
 from shared.data import ImageData, epoch_order, load_dataset
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -80,14 +80,9 @@ class DCGANConfig(RunConfig):
         side = image_side(self)
         power_of_two = side >= 16 and side & (side - 1) == 0
         require(power_of_two, "data.pad", f"gives {side}x{side} images; DCGAN needs a power of two >= 16 (MNIST: pad 2, CIFAR-10: pad 0)", self.data.pad)
-        require(self.model.latent_dim > 0, "model.latent_dim", "must be > 0", self.model.latent_dim)
-        require(self.model.generator_width > 0, "model.generator_width", "must be > 0", self.model.generator_width)
-        require(self.model.discriminator_width > 0, "model.discriminator_width", "must be > 0", self.model.discriminator_width)
-        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
+        require_positive(self, "model.latent_dim", "model.generator_width", "model.discriminator_width", "train.epochs")
         require(self.train.batch_size > 1, "train.batch_size", "must be > 1 (batch norm needs two images)", self.train.batch_size)
-        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
-        require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
-        require(self.samples > 0, "samples", "must be > 0", self.samples)
+        require_positive(self, "optim.lr", "samples", optional=("train.max_steps",))
         check_metrics_config(self.metrics, self.data.name)
 
 

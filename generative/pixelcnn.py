@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative.sampling import Cursor, sample
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.run import Run
@@ -349,12 +349,7 @@ class PixelCNNConfig(RunConfig):
         require(m.kernel >= 3 and m.kernel % 2 == 1, "model.kernel", "must be odd and >= 3", m.kernel)
         require(m.head_hidden > 0 and m.head_hidden % channels == 0, "model.head_hidden", f"must be a positive multiple of {channels}", m.head_hidden)
         require(not m.conditional or m.kind == "gated", "model.conditional", "class conditioning needs model.kind=gated", m.conditional)
-        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
-        require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
-        require(self.train.eval_batch_size > 0, "train.eval_batch_size", "must be > 0", self.train.eval_batch_size)
-        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
-        require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
-        require(self.sample.count > 0, "sample.count", "must be > 0", self.sample.count)
+        require_positive(self, "train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr", "sample.count", optional=("train.max_steps",))
         require(self.schedule.name != "plateau", "schedule.name", "'plateau' reads a validation loss, which this trainer does not hold out", self.schedule.name)
 
 

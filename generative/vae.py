@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.data import ImageData, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.models.conv_vae import ConvDecoder, ConvEncoder
@@ -103,17 +103,7 @@ class VAEConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.model.latent_dim > 0, "model.latent_dim", "must be > 0", self.model.latent_dim)
-        require(self.model.width > 0, "model.width", "must be > 0", self.model.width)
-        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
-        require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
-        require(self.train.eval_batch_size > 0, "train.eval_batch_size", "must be > 0", self.train.eval_batch_size)
-        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
-        require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
-        require(self.eval.iwae_k > 0, "eval.iwae_k", "must be > 0", self.eval.iwae_k)
-        require((self.eval.test_images or 1) > 0, "eval.test_images", "must be > 0 or null", self.eval.test_images)
-        require(self.eval.chunk > 0, "eval.chunk", "must be > 0", self.eval.chunk)
-        require(self.media.samples > 0, "media.samples", "must be > 0", self.media.samples)
+        require_positive(self, "model.latent_dim", "model.width", "train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr", "eval.iwae_k", "eval.chunk", "media.samples", optional=("train.max_steps", "eval.test_images"))
         require(self.media.interpolation_steps >= 2, "media.interpolation_steps", "must be >= 2", self.media.interpolation_steps)
         require(self.media.manifold_size >= 2, "media.manifold_size", "must be >= 2", self.media.manifold_size)
         require(

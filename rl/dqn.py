@@ -32,7 +32,7 @@ from tqdm import tqdm
 from rl.envs import EnvConfig, TrainingSignal, make_vec_env
 from rl.evaluate import EvalConfig, epsilon_greedy, evaluate_policy
 from rl.replay import FrameReplay
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.models.mlp import MLPQNetwork
 from shared.models.nature_cnn import NatureQNetwork
 from shared.run import Run
@@ -79,8 +79,7 @@ class DQNConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         a = self.agent
-        require(self.total_steps > 0, "total_steps", "must be > 0", self.total_steps)
-        require(self.env.num_envs > 0, "env.num_envs", "must be > 0", self.env.num_envs)
+        require_positive(self, "total_steps", "env.num_envs")
         require(a.n_step >= 1, "agent.n_step", "must be >= 1", a.n_step)
         require(0 < a.gamma <= 1, "agent.gamma", "must be in (0, 1]", a.gamma)
         require(a.train_freq > 0 and a.target_update > 0, "agent.train_freq", "and agent.target_update must be > 0", a.train_freq)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.translated import TEST_SEED, place
 from shared.models.glimpse import Core, GlimpseNetwork, LocationPolicy, location_to_pixel
@@ -97,8 +97,7 @@ class RAMConfig(RunConfig):
         require(m.patch >= 1, "model.patch", "must be >= 1", m.patch)
         require(m.scales >= 1, "model.scales", "must be >= 1", m.scales)
         require(m.location_std > 0, "model.location_std", "must be > 0", m.location_std)
-        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
-        require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
+        require_positive(self, "train.epochs", "train.batch_size")
         require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
         require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
         require(self.schedule.name != "plateau", "schedule.name", "'plateau' is not offered here (no validation split)", self.schedule.name)

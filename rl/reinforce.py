@@ -41,7 +41,7 @@ from rl.envs import EnvConfig, TrainingSignal, make_vec_env
 from rl.evaluate import human_normalized
 from rl.ram import GlimpseAgent
 from rl.ram import ModelConfig as GlimpseConfig
-from shared.config import RunConfig, register, require
+from shared.config import RunConfig, register, require, require_positive
 from shared.errors import ConfigError
 from shared.models.mlp import MLP
 from shared.models.nature_cnn import NatureEncoder
@@ -92,8 +92,7 @@ class ReinforceConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         a = self.agent
-        require(self.total_steps > 0, "total_steps", "must be > 0", self.total_steps)
-        require(self.env.num_envs > 0, "env.num_envs", "must be > 0", self.env.num_envs)
+        require_positive(self, "total_steps", "env.num_envs")
         require(0 < a.gamma <= 1, "agent.gamma", "must be in (0, 1]", a.gamma)
         require(a.batch_episodes > 0, "agent.batch_episodes", "must be > 0", a.batch_episodes)
         require(a.chunk_steps > 0, "agent.chunk_steps", "must be > 0", a.chunk_steps)

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.config import RunConfig, register, require, require_choice
+from shared.config import RunConfig, register, require, require_positive, require_choice
 from shared.data import DATASETS, ImageData, Split, epoch_order, load_dataset
 from shared.data.augment import AugmentConfig, augment
 from shared.errors import CheckpointError, ConfigError
@@ -84,10 +84,7 @@ class ClassifyConfig(RunConfig):
         require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
         require(self.data.val_size >= 0, "data.val_size", "must be >= 0", self.data.val_size)
         require(self.data.augment.crop_padding >= 0, "data.augment.crop_padding", "must be >= 0", self.data.augment.crop_padding)
-        require(self.train.epochs > 0, "train.epochs", "must be > 0", self.train.epochs)
-        require(self.train.batch_size > 0, "train.batch_size", "must be > 0", self.train.batch_size)
-        require(self.train.eval_batch_size > 0, "train.eval_batch_size", "must be > 0", self.train.eval_batch_size)
-        require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
+        require_positive(self, "train.epochs", "train.batch_size", "train.eval_batch_size", optional=("train.max_steps",))
         require(self.train.ema_decay is None or 0 < self.train.ema_decay < 1, "train.ema_decay", "must be in (0, 1)", self.train.ema_decay)
         require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
         require(

@@ -68,6 +68,18 @@ def require(ok: bool, key: str, what: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r}: {what}")
 
 
+def require_positive(cfg: Any, *keys: str, optional: Sequence[str] = ()) -> None:
+    """`require(value > 0, ...)` for each dotted key of `cfg`; the `optional` keys may also be None."""
+    for key in (*keys, *optional):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if key in optional:
+            require(value is None or value > 0, key, "must be > 0 or null", value)
+        else:
+            require(value > 0, key, "must be > 0", value)
+
+
 def require_choice(value: Any, choices: Sequence[str], key: str) -> None:
     """For choices known only at run time (model names): a ConfigError with the valid ones."""
     if value not in choices:
