@@ -202,7 +202,7 @@ def format_measured(entry: Entry, m: dict) -> str:
         return f"not measured (0 of {m['trials']} seeds finished)"
     spread = "" if m["std"] is None else f" ± {entry.shown(m['std'])}"
     each = ", ".join(f"{v:.{entry.metric.get('decimals', 2)}f}" for v in m["values"])
-    partial = "" if len(m["values"]) == m["trials"] else f", {len(m['values'])} of {m['trials']} seeds finished"
+    partial = "" if len(m["values"]) == m["trials"] else f"; {len(m['values'])} of {m['trials']} seeds finished"
     return f"{entry.shown(m['mean'])}{spread} ({each}; seeds {', '.join(map(str, m['seeds']))}{partial})"
 
 
