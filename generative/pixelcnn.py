@@ -37,7 +37,6 @@ stopped mid-epoch resumes at the next batch and ends with the weights an uninter
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -51,6 +50,7 @@ from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.run import Run
+from shared.tracking import RunningLoss
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
@@ -406,16 +406,14 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
 
     # The running sum of train/loss between two log lines is part of the state, so that a resumed run
     # logs the very numbers an uninterrupted one does.
-    state = run.restore(objects) or {"step": 0, "loss_sum": 0.0, "loss_count": 0}
+    state = run.restore(objects) or {"step": 0}
     step = state["step"]
-    loss_sum = torch.tensor(state["loss_sum"], device=run.device)  # nats per image, summed over steps
-    loss_count = state["loss_count"]
+    running = RunningLoss(state, run.device, step)  # nats per image
 
     def save() -> None:
-        run.save(step, objects, {"loss_sum": loss_sum.item(), "loss_count": loss_count})
+        run.save(step, objects, running.state())
 
     progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
-    clock, clock_step = time.perf_counter(), step
     scored: tuple[int, dict] = (-1, {})  # the last step whose test metrics were logged, and those metrics
     stop = False
     while step < total_steps and not stop:
@@ -430,28 +428,15 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
             accel.backward_step(nats / dims, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
             step += 1
-            loss_sum += nats.detach()
-            loss_count += 1
+            running.add(nats)
             progress.update(1)
 
             if step % cfg.tracking.log_every == 0:
-                mean = (loss_sum / loss_count).item()
+                mean = running.mean()
                 run.check_finite("train/loss", mean, step)
                 loss = mean if headline == "nll_nats" else bits_per_dim(mean, dims)
-                elapsed = time.perf_counter() - clock
-                run.log(
-                    {
-                        "train/loss": loss,
-                        "train/lr": schedule.lr,
-                        "train/epoch": step / steps_per_epoch,
-                        "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9),
-                    },
-                    step,
-                )
+                run.log(running.record(loss, step, schedule.lr, steps_per_epoch, cfg.train.batch_size), step)
                 progress.set_postfix(loss=f"{loss:.4f}")
-                loss_sum.zero_()
-                loss_count = 0
-                clock, clock_step = time.perf_counter(), step
             if step % steps_per_epoch == 0:
                 scored = (step, score(cfg, run, model, data, step))
                 progress.write(f"epoch {step // steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}")

@@ -18,7 +18,6 @@ the classifier head, and `model.freeze_backbone=true` trains the new head alone.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -34,7 +33,8 @@ from shared.data.augment import AugmentConfig, augment
 from shared.errors import CheckpointError, ConfigError
 from shared.models import MODELS, build_model
 from shared.run import Run, latest_checkpoint, load_checkpoint
-from shared.train.accel import AccelConfig, Accelerator, unwrap
+from shared.tracking import RunningLoss
+from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.ema import EMA
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
@@ -113,19 +113,17 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
 
     # The running mean of train/loss between two log lines is part of the state, so that a resumed run
     # logs the very numbers an uninterrupted one does.
-    state = run.restore(objects) or {"step": 0, "loss_sum": 0.0, "loss_count": 0}
+    state = run.restore(objects) or {"step": 0}
     step = state["step"]
-    loss_sum = torch.tensor(state["loss_sum"], device=run.device)
-    loss_count = state["loss_count"]
+    running = RunningLoss(state, run.device, step)
 
     def save() -> None:
-        if loss_count:
-            run.check_finite("train/loss", (loss_sum / loss_count).item(), step)
-        run.save(step, objects, {"loss_sum": loss_sum.item(), "loss_count": loss_count})
+        if running.count:
+            run.check_finite("train/loss", running.mean(), step)
+        run.save(step, objects, running.state())
 
     shard = ddp.shard(cfg.train.batch_size)
     progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None if ddp.is_main else True, dynamic_ncols=True)
-    clock, clock_step = time.perf_counter(), step
     stop = False
     while step < total_steps and not stop:
         epoch, first_batch = divmod(step, steps_per_epoch)
@@ -145,27 +143,14 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
             if ema is not None:
                 ema.update(model)
             step += 1
-            loss_sum += loss.detach()
-            loss_count += 1
+            running.add(loss)
             progress.update(1)
 
             if step % cfg.tracking.log_every == 0:
-                mean_loss = (loss_sum / loss_count).item()
+                mean_loss = running.mean()
                 run.check_finite("train/loss", mean_loss, step)
-                elapsed = time.perf_counter() - clock
-                run.log(
-                    {
-                        "train/loss": mean_loss,
-                        "train/lr": schedule.lr,
-                        "train/epoch": step / steps_per_epoch,
-                        "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9),
-                    },
-                    step,
-                )
+                run.log(running.record(mean_loss, step, schedule.lr, steps_per_epoch, cfg.train.batch_size), step)
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
-                loss_sum.zero_()
-                loss_count = 0
-                clock, clock_step = time.perf_counter(), step
             if step % steps_per_epoch == 0:
                 end_of_epoch(cfg, run, scored, data, schedule, step, progress)
                 train_mode(model, cfg.model.freeze_backbone)

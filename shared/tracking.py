@@ -184,3 +184,41 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+class RunningLoss:
+    """The training loss summed between two log lines, and the images/s over those steps.
+
+    Its sum and count go into checkpoints (`state()`, restored from the run's counters), so that a resumed
+    run logs the very numbers an uninterrupted one does.
+    """
+
+    def __init__(self, counters: dict, device: torch.device, step: int) -> None:
+        self.sum = torch.tensor(counters.get("loss_sum", 0.0), device=device)
+        self.count = counters.get("loss_count", 0)
+        self.clock, self.clock_step = time.perf_counter(), step
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss.detach()
+        self.count += 1
+
+    def mean(self) -> float:
+        return (self.sum / self.count).item()
+
+    def state(self) -> dict:
+        return {"loss_sum": self.sum.item(), "loss_count": self.count}
+
+    def record(self, loss: float, step: int, lr: float, steps_per_epoch: int, batch_size: int) -> dict:
+        """The standard train/ record for a log line (`loss` as it is to be shown); then start afresh."""
+        elapsed = time.perf_counter() - self.clock
+        out = {
+            "train/loss": loss,
+            "train/lr": lr,
+            "train/epoch": step / steps_per_epoch,
+            "train/images_per_s": (step - self.clock_step) * batch_size / max(elapsed, 1e-9),
+        }
+        self.sum.zero_()
+        self.count = 0
+        self.clock, self.clock_step = time.perf_counter(), step
+        return out
+
