@@ -1,4 +1,5 @@
-"""`pixlab bench pixelcnn`: the cached sampler (generative/sampling.py) beside the naive one, same model, same seed.
+"""`pixlab bench pixelcnn`: the cached sampler (generative/sampling.py) beside the naive one, same model, same seed;
+and the `pixlab bench train` rows of the VAE, DCGAN and PixelCNN (shared/bench.py says how those are timed).
 
 Both samplers draw one batch of binary 28x28 images from a PixelCNN and a Gated PixelCNN of the default
 config's size (generative/pixelcnn.py, ModelConfig), at their random initialisation: the time per forward
@@ -8,13 +9,20 @@ are compared sub-pixel by sub-pixel.
 
 from __future__ import annotations
 
-import platform
 import time
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from generative.pixelcnn import ModelConfig, build_model
+from generative.dcgan import build_networks, to_tanh_range
+from generative.pixelcnn import ModelConfig, build_model, nll_nats
 from generative.sampling import sample
+from generative.vae import VAE, elbo_terms
+from shared.bench import TrainCase, plain_batches, plain_optimizer, timed_loop
+from shared.data.binarize import binarize
+from shared.data.tensors import ImageData
+from shared.machine import describe_machine, format_machine
 from shared.train.device import select_device
 
 
@@ -50,10 +58,8 @@ def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "au
         "benchmark": "pixelcnn sampling",
         "images": f"{batch_size} x {shape} binary, seed {seed}",
         "batch_size": batch_size,
-        "device": str(target),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
+        "machine": describe_machine(target),
+        "precision": "fp32",  # both samplers
         "results": results,
     }
 
@@ -65,7 +71,7 @@ def _sync(device: torch.device) -> None:
 
 def format_report(report: dict) -> str:
     lines = [
-        f"pixelcnn sampling bench: {report['images']} on {report['device']} ({report['threads']} threads, torch {report['torch']})",
+        f"pixelcnn sampling bench: {report['images']}, fp32; {format_machine(report['machine'])}",
         f"{'model':<9} {'parameters':>10} {'naive s':>9} {'cached s':>9} {'speedup':>8}  samples",
     ]
     for r in report["results"]:
@@ -73,3 +79,76 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['kind']:<9} {r['parameters']:>10} {r['naive_s']:>9.2f} {r['cached_s']:>9.2f} {r['speedup']:>7.1f}x  {same}")
         lines.append(f"          ({r['model']})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- pixlab bench train rows
+
+
+def vae_reference(cfg, data: ImageData, device: torch.device) -> Callable[[int], float]:
+    """The conv VAE on images binarized once: the negative ELBO with one reparameterised sample."""
+    vae = VAE(1, 28, cfg.model.latent_dim, cfg.model.width, cfg.data.likelihood).to(device)
+    optimizer = plain_optimizer(vae.parameters(), cfg.optim)
+    batches = plain_batches([binarize(data.train.images.cpu(), cfg.seed).float()], cfg.train.batch_size, device)
+
+    def step() -> None:
+        (x,) = next(batches)
+        log_px, kl = elbo_terms(vae, x, x, torch.randn(len(x), cfg.model.latent_dim, device=device))
+        loss = (kl - log_px).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed_loop(step, device)
+
+
+def dcgan_reference(cfg, data: ImageData, device: torch.device) -> Callable[[int], float]:
+    """pytorch/examples' DCGAN step: D on a real and a fake batch, then G through D, both with BCE on logits."""
+    generator, discriminator = build_networks(cfg, 1, device)
+    opt_g = plain_optimizer(generator.parameters(), cfg.optim)
+    opt_d = plain_optimizer(discriminator.parameters(), cfg.optim)
+    batches = plain_batches([to_tanh_range(data.train.images.cpu(), cfg.data.pad)], cfg.train.batch_size, device)
+    ones = torch.ones(cfg.train.batch_size, device=device)
+    zeros = torch.zeros(cfg.train.batch_size, device=device)
+
+    def step() -> None:
+        (real,) = next(batches)
+        fake = generator(torch.randn(len(real), cfg.model.latent_dim, device=device))
+        d_loss = F.binary_cross_entropy_with_logits(discriminator(real), ones) + F.binary_cross_entropy_with_logits(
+            discriminator(fake.detach()), zeros
+        )
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+
+    return timed_loop(step, device)
+
+
+def pixelcnn_reference(cfg, data: ImageData, device: torch.device) -> Callable[[int], float]:
+    """PixelCNN on images binarized once: the NLL per sub-pixel, unconditional."""
+    model = build_model(cfg.model, 1, 2, data.num_classes).to(device)
+    optimizer = plain_optimizer(model.parameters(), cfg.optim)
+    batches = plain_batches([binarize(data.train.images.cpu(), cfg.seed)], cfg.train.batch_size, device)
+
+    def step() -> None:
+        (x,) = next(batches)
+        loss = nll_nats(model(x, None), x).mean() / x[0].numel()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed_loop(step, device)
+
+
+TRAIN_CASES = {
+    "vae": TrainCase(
+        "vae", "vae/binarized_mnist.yaml", "generative.vae", 60, vae_reference, ("eval.at_end=false", "metrics.network=none")
+    ),
+    "dcgan": TrainCase("dcgan", "dcgan/mnist.yaml", "generative.dcgan", 30, dcgan_reference, ("metrics.network=none",)),
+    "pixelcnn": TrainCase(
+        "pixelcnn", "pixelcnn/binarized_mnist.yaml", "generative.pixelcnn", 30, pixelcnn_reference, ("sample.count=1",)
+    ),
+}

@@ -18,12 +18,13 @@ FID and Inception-Score analogue (generative/metrics.py: a LeNet-FID on MNIST) a
 epoch or at the end (`metrics.every`), on `metrics.num_samples` images, with the generator in eval mode
 (batch norm from its running statistics, so a sample does not depend on its batch). The epoch order
 depends on (seed, epoch) only, so a run stopped mid-epoch resumes exactly.
+
+Both networks train through the shared Accelerator (`accel:`), which serves both optimizers; the two BCE
+losses are taken in fp32 from the logits under any precision.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -37,7 +38,9 @@ from shared.errors import ConfigError
 from shared.data import ImageData, epoch_order, load_dataset
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from shared.run import Run
+from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
+from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, make_optimizer
 
 
@@ -73,6 +76,7 @@ class DCGANConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     samples: int = 64  # the fixed-noise sample grid drawn every epoch
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,99 +122,83 @@ def sampler(generator: DCGANGenerator):
 
 def train(cfg: DCGANConfig, run: Run) -> None:
     data: ImageData = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download).to(run.device)
+    accel = Accelerator(cfg.accel, run.device)
     generator, discriminator = build_networks(cfg, data.train.images.shape[1], run.device)
     opt_g = make_optimizer(generator.parameters(), cfg.optim)
     opt_d = make_optimizer(discriminator.parameters(), cfg.optim)
+    g_net, d_net = accel.prepare(generator), accel.prepare(discriminator)  # what the training step calls
     n_train = len(data.train)
     # Whole batches only: a last batch of a few images would give batch norm poor statistics.
-    steps_per_epoch = n_train // cfg.train.batch_size
-    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
+    clock = EpochClock.from_config(cfg, steps_per_epoch=n_train // cfg.train.batch_size)
     objects = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
     scorer = SampleScorer(cfg.metrics, data, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
     fixed_noise = torch.randn(
         cfg.samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
     ).to(run.device)
 
-    # Running sums of the logged terms between two log lines are part of the state, so that a resumed
-    # run logs the very numbers an uninterrupted one does.
-    state = run.restore(objects) or {"step": 0, "sums": [0.0] * 4, "count": 0}
-    step, count = state["step"], state["count"]
-    sums = torch.tensor(state["sums"], device=run.device)  # d_loss, g_loss, D(x), D(G(z))
+    state = run.restore(objects) or {"step": 0}
+    clock.start(state["step"])
+    running = RunningMeans(["d_loss", "g_loss", "d_real", "d_fake"], run.device, state)
+    # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before DCGAN had
+    # an Accelerator hold none, and must still resume.
+    accel.load_state_dict(state.get("accel"))
     ones = torch.ones(cfg.train.batch_size, device=run.device)
     zeros = torch.zeros(cfg.train.batch_size, device=run.device)
 
-    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
-    clock, clock_step = time.perf_counter(), step
-    stop = False
+    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
     last = {}  # the metrics of the last evaluation, which the summary repeats
-    while step < total_steps and not stop:
-        epoch, first_batch = divmod(step, steps_per_epoch)
-        order = epoch_order(n_train, cfg.seed, epoch, run.device)
-        for batch in range(first_batch, steps_per_epoch):
+    while not clock.stop_now:
+        order = epoch_order(n_train, cfg.seed, clock.epoch, run.device)
+        for batch in range(clock.batch, clock.steps_per_epoch):
             index = order[batch * cfg.train.batch_size : (batch + 1) * cfg.train.batch_size]
-            real = to_tanh_range(data.train.images[index], cfg.data.pad)
+            real = accel.to_input(to_tanh_range(data.train.images[index], cfg.data.pad))
             generator.train()
             discriminator.train()
-            fake = generator(torch.randn(len(real), cfg.model.latent_dim, device=run.device))
-
-            real_logits = discriminator(real)
-            fake_logits = discriminator(fake.detach())  # no gradient into G from D's step
+            with accel.autocast():
+                fake = g_net(torch.randn(len(real), cfg.model.latent_dim, device=run.device))
+                real_logits = d_net(real).float()
+                fake_logits = d_net(fake.detach()).float()  # no gradient into G from D's step
             d_loss = F.binary_cross_entropy_with_logits(real_logits, ones) + F.binary_cross_entropy_with_logits(fake_logits, zeros)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            # D's step leaves the fp16 loss scale alone: it is updated once per training step, after G's.
+            accel.backward_step(d_loss, opt_d, discriminator.parameters(), update_scale=False)
 
             # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))), whose gradient
             # vanishes while D rejects the samples confidently, early in training.
-            g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
+            with accel.autocast():
+                g_logits = d_net(fake).float()
+            g_loss = F.binary_cross_entropy_with_logits(g_logits, ones)
+            accel.backward_step(g_loss, opt_g, generator.parameters())
 
-            step += 1
-            sums += torch.stack([d_loss.detach(), g_loss.detach(), real_logits.detach().sigmoid().mean(), fake_logits.detach().sigmoid().mean()])
-            count += 1
+            clock.tick()
+            running.add(d_loss=d_loss, g_loss=g_loss, d_real=real_logits.sigmoid().mean(), d_fake=fake_logits.sigmoid().mean())
             progress.update(1)
 
-            if step % cfg.tracking.log_every == 0:
-                d_mean, g_mean, d_real, d_fake = (sums / count).tolist()
-                run.check_finite("train/d_loss", d_mean, step)
-                run.check_finite("train/g_loss", g_mean, step)
-                elapsed = time.perf_counter() - clock
-                run.log(
-                    {
-                        "train/d_loss": d_mean,
-                        "train/g_loss": g_mean,
-                        "train/d_real": d_real,  # mean D(x): the probability D gives real images
-                        "train/d_fake": d_fake,  # mean D(G(z)) before D's step
-                        "train/epoch": step / steps_per_epoch,
-                        "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9),
-                    },
-                    step,
-                )
-                progress.set_postfix(d=f"{d_mean:.3f}", g=f"{g_mean:.3f}")
-                sums.zero_()
-                count = 0
-                clock, clock_step = time.perf_counter(), step
-            if step % steps_per_epoch == 0 or step == total_steps:
-                last = end_of_epoch(cfg, run, generator, fixed_noise, scorer, step, progress, score=cfg.metrics.every == "epoch" or step == total_steps)
-            stop = run.should_stop
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stop:
-                run.save(step, objects, {"sums": sums.tolist(), "count": count})
-            if stop or step == total_steps:
+            if clock.log_now:
+                metrics = running.pop()  # train/d_real: mean D(x); train/d_fake: mean D(G(z)) before D's step
+                run.check_finite("train/d_loss", metrics["train/d_loss"], clock.step)
+                run.check_finite("train/g_loss", metrics["train/g_loss"], clock.step)
+                run.log(metrics | clock.pace(cfg.train.batch_size), clock.step)
+                progress.set_postfix(d=f"{metrics['train/d_loss']:.3f}", g=f"{metrics['train/g_loss']:.3f}")
+            if clock.epoch_ended or clock.finished:
+                score = cfg.metrics.every == "epoch" or clock.finished
+                last = end_of_epoch(cfg, run, generator, fixed_noise, scorer, clock.step, progress, score=score)
+            clock.stopped = run.should_stop
+            if clock.checkpoint_now:
+                run.save(clock.step, objects, running.state() | {"accel": accel.state_dict()})
+            if clock.stop_now:
                 break
     progress.close()
-    if stop:
+    if clock.stopped:
         return
 
-    if scorer is not None and step != last.get("step"):  # a finished run resumed: nothing was scored in this process
-        last = {"step": step} | scorer.score(sampler(generator))
-    summary = {"train/steps": step} | {k: v for k, v in last.items() if k != "step"}
+    if scorer is not None and clock.step != last.get("step"):  # a finished run resumed: nothing was scored in this process
+        last = {"step": clock.step} | scorer.score(sampler(generator))
+    summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if scorer is not None:
         summary |= scorer.reference(data)
     run.summary(summary)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k.startswith("samples/"))
-    print(f"{cfg.name}: {step} steps; {scores}")
+    print(f"{cfg.name}: {clock.step} steps; {scores}")
 
 
 def end_of_epoch(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, fixed_noise: torch.Tensor, scorer, step: int, progress, score: bool) -> dict:
@@ -238,4 +226,13 @@ def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
     return {"step": checkpoint["step"]} | scorer.score(sampler(generator))
 
 
-register("dcgan", DCGANConfig, train, evaluate)
+register(
+    "dcgan", DCGANConfig, train, evaluate,
+    metrics=[
+        {"name": "samples/fid_lenet", "goal": "minimize"},  # comparable between pixlab runs only
+        {"name": "samples/is_lenet", "goal": "maximize"},
+        {"name": "train/d_loss"},
+        {"name": "train/g_loss"},
+    ],
+    media=["samples"],
+)

@@ -50,9 +50,9 @@ from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.run import Run
-from shared.tracking import RunningLoss
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
+from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
 
 # data.name -> (dataset file set, channels, levels per sub-pixel)
@@ -397,62 +397,55 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
     model = build_model(cfg.model, channels, data.levels, data.num_classes).to(run.device)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     net = accel.prepare(model)  # what the training step calls (maybe compiled)
-    steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
-    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
-    schedule = Schedule(optimizer, cfg.schedule, total_steps)
+    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(data.train) / cfg.train.batch_size))
+    schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule, "accel": accel}
     headline = headline_metric(data)
     conditional = cfg.model.conditional
 
-    # The running sum of train/loss between two log lines is part of the state, so that a resumed run
-    # logs the very numbers an uninterrupted one does.
     state = run.restore(objects) or {"step": 0}
-    step = state["step"]
-    running = RunningLoss(state, run.device, step)  # nats per image
+    clock.start(state["step"])
+    running = RunningMeans(["loss"], run.device, state)  # nats per image
 
-    def save() -> None:
-        run.save(step, objects, running.state())
-
-    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
     scored: tuple[int, dict] = (-1, {})  # the last step whose test metrics were logged, and those metrics
-    stop = False
-    while step < total_steps and not stop:
-        epoch, first_batch = divmod(step, steps_per_epoch)
-        order = epoch_order(len(data.train), cfg.seed, epoch, run.device)
+    while not clock.stop_now:
+        order = epoch_order(len(data.train), cfg.seed, clock.epoch, run.device)
         model.train()
-        for images, labels in data.train_epoch(cfg.seed, epoch).batches(cfg.train.batch_size, order, start=first_batch):
+        for images, labels in data.train_epoch(cfg.seed, clock.epoch).batches(cfg.train.batch_size, order, start=clock.batch):
             with accel.autocast():
                 logits = net(accel.to_input(images), labels if conditional else None)
             nats = nll_nats(logits, images).mean()  # per image
             # Minimised per sub-pixel, so that the gradient's scale (and train.grad_clip) does not grow with the image.
             accel.backward_step(nats / dims, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
-            step += 1
-            running.add(nats)
+            clock.tick()
+            running.add(loss=nats)
             progress.update(1)
 
-            if step % cfg.tracking.log_every == 0:
-                mean = running.mean()
-                run.check_finite("train/loss", mean, step)
-                loss = mean if headline == "nll_nats" else bits_per_dim(mean, dims)
-                run.log(running.record(loss, step, schedule.lr, steps_per_epoch, cfg.train.batch_size), step)
-                progress.set_postfix(loss=f"{loss:.4f}")
-            if step % steps_per_epoch == 0:
-                scored = (step, score(cfg, run, model, data, step))
-                progress.write(f"epoch {step // steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}")
+            if clock.log_now:
+                metrics = running.pop()
+                run.check_finite("train/loss", metrics["train/loss"], clock.step)
+                if headline == "bits_per_dim":
+                    metrics["train/loss"] = bits_per_dim(metrics["train/loss"], dims)
+                run.log(metrics | {"train/lr": schedule.lr} | clock.pace(cfg.train.batch_size), clock.step)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            if clock.epoch_ended:
+                scored = (clock.step, score(cfg, run, model, data, clock.step))
+                progress.write(f"epoch {clock.step // clock.steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}")
                 model.train()
-            stop = run.should_stop
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stop:
-                save()
-            if stop or step == total_steps:
+            clock.stopped = run.should_stop
+            if clock.checkpoint_now:
+                run.save(clock.step, objects, running.state())
+            if clock.stop_now:
                 break
     progress.close()
-    if stop:
+    if clock.stopped:
         return
 
-    metrics = scored[1] if scored[0] == step else score(cfg, run, model, data, step)
-    run.summary(metrics | {"train/steps": step})
-    print(f"{cfg.name}: test {headline} {metrics[f'test/{headline}']:.4f} after {step} steps")
+    metrics = scored[1] if scored[0] == clock.step else score(cfg, run, model, data, clock.step)
+    run.summary(metrics | {"train/steps": clock.step})
+    print(f"{cfg.name}: test {headline} {metrics[f'test/{headline}']:.4f} after {clock.step} steps")
 
 
 def headline_metric(data: Images) -> str:
@@ -505,4 +498,12 @@ def evaluate(cfg: PixelCNNConfig, checkpoint: dict) -> dict:
     return {"step": checkpoint["step"]} | evaluate_nll(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
 
 
-register("pixelcnn", PixelCNNConfig, train, evaluate)
+register(
+    "pixelcnn", PixelCNNConfig, train, evaluate,
+    metrics=[
+        {"name": "test/nll_nats", "goal": "minimize", "unit": "nats/image"},
+        {"name": "test/bits_per_dim", "goal": "minimize", "unit": "bits/dim"},
+        {"name": "train/loss", "goal": "minimize", "unit": "nats/image"},
+    ],
+    media=["samples"],
+)

@@ -23,12 +23,15 @@ with logsumexp. Samples are the decoder's means (pixel probabilities for bernoul
 Each epoch is a permutation that depends on (seed, epoch) only, and the binarization too, so a run stopped
 mid-epoch resumes at the next batch and ends with the weights an uninterrupted run ends with. Evaluation
 and media draw their noise from their own seeded generators and never touch the training RNG.
+
+Training runs through the shared Accelerator (`accel:`: precision, channels_last, compile). The loss terms
+are summed in fp32 under any precision, and evaluation runs in fp32: the test bounds are compared with
+published figures to a tenth of a nat, and a bf16 logit carries three significant digits.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -39,12 +42,14 @@ from tqdm import tqdm
 
 from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
 from shared.config import RunConfig, register, require, require_positive
-from shared.data import ImageData, epoch_order, load_dataset
+from shared.data import ImageData, Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.models.conv_vae import ConvDecoder, ConvEncoder
 from shared.run import Run
+from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
-from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, descend, make_optimizer
+from shared.train.loop import EpochClock, RunningMeans
+from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -100,6 +105,7 @@ class VAEConfig(RunConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,6 +132,11 @@ class VAE(nn.Module):
         self.encoder = ConvEncoder(channels, image_size, latent_dim, width)
         out_channels = channels if likelihood == "bernoulli" else 2 * channels
         self.decoder = ConvDecoder(latent_dim, out_channels, image_size, width)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) in [0, 1], noise (B, latent_dim) -> (decoder output for z = mu + sigma * noise, mu, logvar)."""
+        mu, logvar = self.encode(x)
+        return self.decoder(mu + (0.5 * logvar).exp() * noise), mu, logvar
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in [0, 1] -> mu, logvar (B, latent_dim)."""
@@ -180,10 +191,13 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def elbo_terms(vae: VAE, x: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x|z), KL(q || p)) per image, nats, (B,) each, with z = mu + sigma * noise, noise (B, latent_dim)."""
-    mu, logvar = vae.encode(x)
-    z = mu + (0.5 * logvar).exp() * noise
-    return vae.log_likelihood(target, vae.decoder(z)), gaussian_kl(mu, logvar)
+    """(log p(x|z), KL(q || p)) per image, nats, (B,) each, with z = mu + sigma * noise, noise (B, latent_dim).
+
+    The terms are computed in fp32 under autocast too: each sums hundreds of per-pixel terms, which bf16's
+    8-bit mantissa would round by a few tenths of a nat.
+    """
+    decoded, mu, logvar = vae(x, noise)
+    return vae.log_likelihood(target, decoded.float()), gaussian_kl(mu.float(), logvar.float())
 
 
 def log_importance_weights(vae: VAE, x: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -218,10 +232,10 @@ class VAEData:
         test = self.images.test.images
         self.test = binarize_test(test) if self.bernoulli else test  # (N, C, H, W) uint8: {0, 1} or 0..255
 
-    def train_epoch(self, epoch: int) -> torch.Tensor:
-        """The training images of an epoch: a fresh binarization per (seed, epoch), or the 8-bit images."""
-        train = self.images.train.images
-        return binarize(train, self.cfg.seed, epoch) if self.bernoulli else train
+    def train_epoch(self, epoch: int) -> Split:
+        """The training split of an epoch: a fresh binarization per (seed, epoch), or the 8-bit images."""
+        train = self.images.train
+        return Split(binarize(train.images, self.cfg.seed, epoch), train.labels) if self.bernoulli else train
 
     def inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, C, H, W) -> (encoder input in [0, 1], likelihood target: {0, 1} or [-1, 1])."""
@@ -236,85 +250,68 @@ class VAEData:
 def train(cfg: VAEConfig, run: Run) -> None:
     data = VAEData(cfg, run.device)
     channels, size = data.images.train.images.shape[1:3]
+    accel = Accelerator(cfg.accel, run.device)
     vae = VAE(channels, size, cfg.model.latent_dim, cfg.model.width, cfg.data.likelihood).to(run.device)
     optimizer = make_optimizer(vae.parameters(), cfg.optim)
+    net = accel.prepare(vae)  # what the training step calls (maybe compiled)
     n_train = len(data.images.train)
-    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
-    schedule = Schedule(optimizer, cfg.schedule, total_steps)
+    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(n_train / cfg.train.batch_size))
+    schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     objects = {"model": vae, "optimizer": optimizer, "schedule": schedule}
     scorer = SampleScorer(cfg.metrics, data.images, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
 
-    # Running sums of the logged terms between two log lines are part of the state, so that a resumed
-    # run logs the very numbers an uninterrupted one does.
-    state = run.restore(objects) or {"step": 0, "sums": [0.0, 0.0, 0.0], "count": 0}
-    step, count = state["step"], state["count"]
-    sums = torch.tensor(state["sums"], device=run.device)  # -ELBO, KL, -log p(x|z)
+    state = run.restore(objects) or {"step": 0}
+    clock.start(state["step"])
+    running = RunningMeans(["loss", "kl", "recon"], run.device, state)  # -ELBO, KL, -log p(x|z)
+    # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before the VAE
+    # had an Accelerator hold none, and must still resume.
+    accel.load_state_dict(state.get("accel"))
 
-    def save() -> None:
-        run.save(step, objects, {"sums": sums.tolist(), "count": count})
-
-    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
-    clock, clock_step = time.perf_counter(), step
-    stop = False
+    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
     last = {}  # the metrics of the last evaluation, which the summary repeats
-    while step < total_steps and not stop:
-        epoch, first_batch = divmod(step, steps_per_epoch)
-        images = data.train_epoch(epoch)
-        order = epoch_order(n_train, cfg.seed, epoch, run.device)
+    while not clock.stop_now:
+        order = epoch_order(n_train, cfg.seed, clock.epoch, run.device)
         vae.train()
-        for first in range(first_batch * cfg.train.batch_size, n_train, cfg.train.batch_size):
-            x, target = data.inputs(images[order[first : first + cfg.train.batch_size]])
-            log_px, kl = elbo_terms(vae, x, target, torch.randn(len(x), cfg.model.latent_dim, device=run.device))
+        for images, _ in data.train_epoch(clock.epoch).batches(cfg.train.batch_size, order, start=clock.batch):
+            x, target = data.inputs(images)
+            noise = torch.randn(len(x), cfg.model.latent_dim, device=run.device)
+            with accel.autocast():
+                log_px, kl = elbo_terms(net, accel.to_input(x), target, noise)
             loss = (kl - log_px).mean()  # the negative ELBO, nats per image
-            descend(loss, optimizer, vae.parameters(), cfg.train.grad_clip)
+            accel.backward_step(loss, optimizer, vae.parameters(), cfg.train.grad_clip)
             schedule.step()
-            step += 1
-            sums += torch.stack([loss.detach(), kl.detach().mean(), -log_px.detach().mean()])
-            count += 1
+            clock.tick()
+            running.add(loss=loss, kl=kl.mean(), recon=-log_px.mean())
             progress.update(1)
 
-            if step % cfg.tracking.log_every == 0:
-                loss_mean, kl_mean, recon_mean = (sums / count).tolist()
-                run.check_finite("train/loss", loss_mean, step)
-                elapsed = time.perf_counter() - clock
-                run.log(
-                    {
-                        "train/loss": loss_mean,
-                        "train/kl": kl_mean,
-                        "train/recon": recon_mean,
-                        "train/lr": schedule.lr,
-                        "train/epoch": step / steps_per_epoch,
-                        "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9),
-                    },
-                    step,
-                )
-                progress.set_postfix(loss=f"{loss_mean:.2f}")
-                sums.zero_()
-                count = 0
-                clock, clock_step = time.perf_counter(), step
-            if step % steps_per_epoch == 0 or step == total_steps:
-                last = end_of_epoch(cfg, run, vae, data, scorer, step, progress, score=cfg.metrics.every == "epoch" or step == total_steps)
+            if clock.log_now:
+                metrics = running.pop()
+                run.check_finite("train/loss", metrics["train/loss"], clock.step)
+                run.log(metrics | {"train/lr": schedule.lr} | clock.pace(cfg.train.batch_size), clock.step)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.2f}")
+            if clock.epoch_ended or clock.finished:
+                score = cfg.metrics.every == "epoch" or clock.finished
+                last = end_of_epoch(cfg, run, vae, data, scorer, clock.step, progress, score=score)
                 vae.train()
-            stop = run.should_stop
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stop:
-                save()
-            if stop or step == total_steps:
+            clock.stopped = run.should_stop
+            if clock.checkpoint_now:
+                run.save(clock.step, objects, running.state() | {"accel": accel.state_dict()})
+            if clock.stop_now:
                 break
     progress.close()
-    if stop:
+    if clock.stopped:
         return
 
-    if step != last.get("step"):  # a finished run resumed: nothing was evaluated in this process
-        last = {"step": step} | test_elbo(vae, data, cfg) | (scorer.score(sampler(vae)) if scorer is not None else {})
-    summary = {"train/steps": step} | {k: v for k, v in last.items() if k != "step"}
+    if clock.step != last.get("step"):  # a finished run resumed: nothing was evaluated in this process
+        last = {"step": clock.step} | test_elbo(vae, data, cfg) | (scorer.score(sampler(vae)) if scorer is not None else {})
+    summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if cfg.eval.at_end:
         summary |= test_iwae(vae, data, cfg)
     if scorer is not None:
         summary |= scorer.reference(data.images)
     run.summary(summary)
     nll = f", IWAE NLL {summary['test/nll_nats']:.2f} (k = {cfg.eval.iwae_k})" if cfg.eval.at_end else ""
-    print(f"{cfg.name}: test -ELBO {summary['test/elbo_nats']:.2f} nats{nll} after {step} steps")
+    print(f"{cfg.name}: test -ELBO {summary['test/elbo_nats']:.2f} nats{nll} after {clock.step} steps")
 
 
 def end_of_epoch(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, scorer, step: int, progress, score: bool) -> dict:
@@ -441,4 +438,15 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
         run.log_images("media/manifold", vae.decode_mean(grid), step, nrow=m.manifold_size)
 
 
-register("vae", VAEConfig, train, evaluate)
+register(
+    "vae", VAEConfig, train, evaluate,
+    metrics=[
+        {"name": "test/elbo_nats", "goal": "minimize", "unit": "nats/image"},  # the negative ELBO, every epoch
+        {"name": "test/nll_nats", "goal": "minimize", "unit": "nats/image", "once": True},  # the IWAE bound
+        {"name": "test/nll_bits_per_dim", "goal": "minimize", "unit": "bits/dim", "once": True},
+        {"name": "train/loss", "goal": "minimize", "unit": "nats/image"},  # the negative ELBO
+        {"name": "train/kl", "unit": "nats/image"},
+        {"name": "samples/fid_lenet", "goal": "minimize"},
+    ],
+    media=["samples"],
+)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rl.envs import EnvConfig, TrainingSignal, make_vec_env
+from rl.envs import EnvConfig, TrainingSignal, check_env, make_vec_env
 from rl.evaluate import EvalConfig, epsilon_greedy, evaluate_policy
 from rl.replay import FrameReplay
 from shared.config import RunConfig, register, require, require_positive
@@ -84,6 +84,11 @@ class DQNConfig(RunConfig):
         require(0 < a.gamma <= 1, "agent.gamma", "must be in (0, 1]", a.gamma)
         require(a.train_freq > 0 and a.target_update > 0, "agent.train_freq", "and agent.target_update must be > 0", a.train_freq)
         require(a.learning_starts >= a.batch_size, "agent.learning_starts", f"must be >= agent.batch_size ({a.batch_size})", a.learning_starts)
+        require(a.buffer_size >= a.batch_size, "agent.buffer_size", f"must be >= agent.batch_size ({a.batch_size})", a.buffer_size)
+        require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
+
+    def check(self) -> None:
+        check_env(self.env)
 
 
 def build_q_network(cfg: DQNConfig, obs_shape: tuple, num_actions: int) -> nn.Module:
@@ -274,4 +279,16 @@ def evaluate_checkpoint(cfg: DQNConfig, checkpoint: dict) -> dict:
     return {"step": checkpoint["step"]} | evaluate_policy(act, cfg.env, cfg.eval, seed=cfg.seed + 20_000)
 
 
-register("dqn", DQNConfig, train, evaluate_checkpoint)
+register(
+    "dqn", DQNConfig, train, evaluate_checkpoint,
+    metrics=[
+        {"name": "eval/return", "goal": "maximize"},  # the evaluation policy (eps 0.05, no-op starts)
+        {"name": "eval/hns", "goal": "maximize", "unit": "% of human"},  # Atari games of the Nature table only
+        {"name": "train/episode_return", "goal": "maximize"},  # the training policy; also with eval.every=0
+        {"name": "train/loss", "goal": "minimize"},  # the Huber TD loss
+        {"name": "train/q"},  # mean Q of the actions taken
+        {"name": "train/epsilon"},
+    ],
+    step_unit="agent steps",
+    media=["video"],
+)

@@ -30,6 +30,9 @@ from typing import Literal, Optional
 import gymnasium as gym
 import numpy as np
 
+from shared.config import did_you_mean, require
+from shared.errors import ConfigError
+
 
 @dataclass
 class EnvConfig:
@@ -50,6 +53,23 @@ class EnvConfig:
 
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
+
+
+def check_env(cfg: EnvConfig) -> None:
+    """The env checks a config runs before its run folder is made: `env.id` is registered with gymnasium
+    (ALE/<Game>-v5 ids by ale-py), with a did-you-mean from the registry, and `obs_type: ram` is Atari's."""
+    if is_atari(cfg.id):
+        import ale_py
+
+        gym.register_envs(ale_py)
+    if cfg.id not in gym.registry:
+        raise ConfigError(
+            f"env.id={cfg.id!r} is not a registered gymnasium env{did_you_mean(cfg.id, list(gym.registry))}; "
+            "Atari games are ALE/<Game>-v5 (e.g. ALE/Pong-v5), others gymnasium ids such as CartPole-v1",
+            key="env.id",
+        )
+    ram_ok = cfg.obs_type == "pixels" or is_atari(cfg.id)
+    require(ram_ok, "env.obs_type", f"'ram' needs an Atari env (ALE/<Game>-v5), not {cfg.id}", cfg.obs_type)
 
 
 def atari_game(env_id: str) -> str:

@@ -46,6 +46,22 @@ def human_normalized(env_id: str, score: float) -> Optional[float]:
     return 100 * (score - random) / (human - random)
 
 
+class EpisodeQuota:
+    """Each of `num_envs` envs plays a fixed share of `episodes` (the first `episodes % num_envs` one more),
+    so that short episodes are not over-counted (taking the first 30 to finish would favour them)."""
+
+    def __init__(self, episodes: int, num_envs: int) -> None:
+        self.left = np.full(num_envs, episodes // num_envs)
+        self.left[: episodes % num_envs] += 1
+
+    def take(self, env: int) -> bool:
+        """Whether an episode that env `env` finished counts (it is then counted against its share)."""
+        if self.left[env] == 0:
+            return False
+        self.left[env] -= 1
+        return True
+
+
 def evaluate_policy(
     act: Callable[[np.ndarray, float], np.ndarray],
     env_cfg: EnvConfig,
@@ -55,8 +71,7 @@ def evaluate_policy(
 ) -> dict:
     """Play `cfg.episodes` episodes with `act(obs, epsilon) -> actions`; return mean/std score and HNS.
 
-    Episodes are played `cfg.num_envs` at a time, each env playing a fixed quota of them, so that short
-    episodes are not over-counted (taking the first 30 to finish would favour them).
+    Episodes are played `cfg.num_envs` at a time, each env playing a fixed quota of them (EpisodeQuota).
     """
     env_cfg = replace(env_cfg, num_envs=min(cfg.num_envs, cfg.episodes), clip_rewards=False, terminal_on_life_loss=False)
     env = make_vec_env(env_cfg, max_episode_frames=cfg.max_episode_frames)
@@ -64,8 +79,7 @@ def evaluate_policy(
     obs, info = env.reset(seed=seed)
     signal.reset(info)
     frames = [] if video_path is not None and obs.ndim == 4 else None
-    quota = np.full(env_cfg.num_envs, cfg.episodes // env_cfg.num_envs)
-    quota[: cfg.episodes % env_cfg.num_envs] += 1
+    quota = EpisodeQuota(cfg.episodes, env_cfg.num_envs)
     scores: list[float] = []
     lengths: list[int] = []
     while len(scores) < cfg.episodes:
@@ -77,8 +91,7 @@ def evaluate_policy(
                 _write_gif(frames, video_path)
                 frames = None
         for e, score, length in signal.pop_finished():
-            if quota[e] > 0:
-                quota[e] -= 1
+            if quota.take(e):
                 scores.append(score)
                 lengths.append(length)
     env.close()
@@ -103,12 +116,18 @@ def _write_gif(frames: list[np.ndarray], path: Path) -> None:
 
 
 def epsilon_greedy(q_network: torch.nn.Module, device: torch.device, num_actions: int, rng: np.random.Generator):
-    """act(obs, epsilon): greedy actions from `q_network` in inference mode, random with probability epsilon."""
+    """act(obs, epsilon): greedy actions from `q_network` in inference mode, random with probability epsilon.
+
+    The dice are cast first, in the same order as always, so that a step on which every env explores (most
+    of DQN's early training) skips the forward pass without changing any draw."""
 
     def act(obs: np.ndarray, epsilon: float) -> np.ndarray:
+        explore = rng.random(len(obs)) < epsilon
+        random = rng.integers(0, num_actions, len(obs))
+        if explore.all():
+            return random
         with torch.inference_mode():
             greedy = q_network(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
-        explore = rng.random(len(obs)) < epsilon
-        return np.where(explore, rng.integers(0, num_actions, len(obs)), greedy)
+        return np.where(explore, random, greedy)
 
     return act

@@ -16,15 +16,16 @@ linear classifier reads the state. The hybrid loss of section 4:
 Evaluation averages the class log-probabilities of `eval_samples` sampled glimpse paths per image (a
 fixed seed, so the figure is repeatable). Each epoch's training images are drawn afresh for the translated
 and cluttered tasks; the location noise of step s comes from a generator seeded by (seed, s): a run stopped
-mid-epoch resumes exactly.
+mid-epoch resumes exactly. Training runs through the shared Accelerator (`accel:`); the loss, and the location
+policy (shared/models/glimpse.py says why), are computed in fp32 under any precision, and so is evaluation, whose
+test error is the figure compared with the paper's.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -35,10 +36,12 @@ from tqdm import tqdm
 from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.translated import TEST_SEED, place
-from shared.models.glimpse import Core, GlimpseNetwork, LocationPolicy, location_to_pixel
+from shared.models.glimpse import Core, GlimpseConfig, GlimpseNetwork, LocationPolicy, location_to_pixel
 from shared.run import Run
+from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
-from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, descend, make_optimizer
+from shared.train.loop import EpochClock, RunningMeans
+from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
 
 
 @dataclass
@@ -49,20 +52,6 @@ class TaskConfig:
     clutter: int = 0  # fragments of other digits pasted on the canvas (paper: 4 on 60x60, 8 on 100x100)
     fragment: int = 8  # side of a clutter fragment
     test_limit: Optional[int] = None  # score only the first N test images (smoke runs; not comparable to papers)
-
-
-@dataclass
-class ModelConfig:
-    glimpses: int = 6
-    patch: int = 8  # side of the retina's finest patch (paper: 8 on MNIST, 12 on translated)
-    scales: int = 1  # patches per glimpse, sides patch * 2^i (paper: 1 on MNIST, 3 on translated)
-    pool: Literal["avg", "max"] = "avg"  # how coarser patches shrink to patch x patch (avg: the paper's)
-    what: int = 128  # h_g units
-    where: int = 128  # h_l units
-    glimpse_features: int = 256  # g units
-    hidden: int = 256  # core units
-    core: Literal["rnn", "lstm"] = "rnn"
-    location_std: float = 0.05  # the location policy's fixed std, in units of the half image side
 
 
 @dataclass
@@ -80,10 +69,11 @@ class TrainConfig:
 class RAMConfig(RunConfig):
     algo: str = "ram"
     task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: GlimpseConfig = field(default_factory=GlimpseConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -113,7 +103,7 @@ class Glimpses(NamedTuple):
 class RecurrentAttention(nn.Module):
     """x (B, C, H, W) float in [0, 1] -> Glimpses, the glimpse path sampled with `generator`."""
 
-    def __init__(self, channels: int, classes: int, cfg: ModelConfig) -> None:
+    def __init__(self, channels: int, classes: int, cfg: GlimpseConfig) -> None:
         super().__init__()
         self.glimpses = cfg.glimpses
         self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
@@ -145,65 +135,14 @@ class RecurrentAttention(nn.Module):
         )
 
 
-class GlimpseAgent(nn.Module):
-    """The Recurrent Attention Model as a game-playing agent (the paper's section 5.2, our own version):
-    each agent step it takes one glimpse of the frame stack where it chose to look, updates an LSTM core,
-    and samples both the game action and the next location; REINFORCE (rl/reinforce.py) trains it on the
-    game's reward. The first glimpse of an episode looks at the centre.
-
-    obs (B, C, H, W) uint8; memory = (core state, location (B, 2) of the next glimpse).
-    """
-
-    recurrent = True
-
-    def __init__(self, channels: int, num_actions: int, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
-        self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
-        self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
-        self.logits = nn.Linear(cfg.hidden, num_actions)
-        self.value = nn.Linear(cfg.hidden, 1)  # the baseline, on the detached state as in the classifier
-
-    def initial_memory(self, n: int, device: torch.device):
-        return self.core.initial_state(n, device), torch.zeros(n, 2, device=device)
-
-    def reset_memory(self, memory, keep: torch.Tensor):
-        state, location = memory
-        return self.core.reset(state, keep), location * keep.to(location.dtype)[:, None]
-
-    def _step(self, obs: torch.Tensor, location: torch.Tensor, state):
-        h, state = self.core(self.glimpse(obs.float() / 255, location), state)
-        return h, state, self.logits(h), self.locate(h), self.value(h.detach()).squeeze(-1)
-
-    def act(self, obs: torch.Tensor, memory) -> tuple[torch.Tensor, dict, tuple]:
-        """-> (actions (B,), {'location', 'next_location', 'value'} to store with the step, memory)."""
-        state, location = memory
-        _, state, logits, mean, value = self._step(obs, location, state)
-        action = torch.distributions.Categorical(logits=logits).sample()
-        next_location = self.locate.sample(mean)
-        return action, {"location": location, "next_location": next_location, "value": value}, (state, next_location)
-
-    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor, extras: dict, mask: torch.Tensor):
-        """Whole episodes side by side, obs (T, E, C, H, W), from their first step -> (log pi, entropy,
-        value), each (T, E); log pi is that of the joint choice (action, next location)."""
-        state = self.core.initial_state(obs.shape[1], obs.device)
-        log_probs, entropies, values = [], [], []
-        for t in range(obs.shape[0]):
-            _, state, logits, mean, value = self._step(obs[t], extras["location"][t], state)
-            dist = torch.distributions.Categorical(logits=logits)
-            log_probs.append(dist.log_prob(actions[t]) + self.locate.log_prob(mean, extras["next_location"][t]))
-            entropies.append(dist.entropy())
-            values.append(value)
-        return torch.stack(log_probs), torch.stack(entropies), torch.stack(values)
-
-
 def hybrid_loss(out: Glimpses, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The paper's hybrid loss (module docstring) and its parts, for one batch."""
-    nll = F.cross_entropy(out.logits, labels)
-    reward = (out.logits.argmax(1) == labels).float()  # (B,)
-    advantage = (reward[:, None] - out.baselines).detach()
+    """The paper's hybrid loss (module docstring) and its parts, for one batch, in fp32 under autocast too."""
+    logits, baselines = out.logits.float(), out.baselines.float()
+    nll = F.cross_entropy(logits, labels)
+    reward = (logits.argmax(1) == labels).float()  # (B,)
+    advantage = (reward[:, None] - baselines).detach()
     reinforce = -(advantage * out.log_probs).sum(1).mean()
-    baseline_mse = (out.baselines - reward[:, None]).pow(2).sum(1).mean()
+    baseline_mse = (baselines - reward[:, None]).pow(2).sum(1).mean()
     parts = {"nll": nll.detach(), "reinforce": reinforce.detach(), "baseline_mse": baseline_mse.detach(), "reward": reward.mean()}
     return nll + reinforce + baseline_mse, parts
 
@@ -230,60 +169,57 @@ def train(cfg: RAMConfig, run: Run) -> None:
     device = run.device
     mnist = load_dataset("mnist", cfg.task.root, cfg.task.download).to(device)
     test = fixed_test_split(cfg, mnist.test)
+    accel = Accelerator(cfg.accel, device)
     model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
-    steps_per_epoch = math.ceil(len(mnist.train) / cfg.train.batch_size)
-    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
-    schedule = Schedule(optimizer, cfg.schedule, total_steps)
+    net = accel.prepare(model)  # what the training step calls (maybe compiled)
+    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(mnist.train) / cfg.train.batch_size))
+    schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
-    # The running sums between two log lines are part of the state, so a resumed run logs what an
-    # uninterrupted one logs.
-    state = run.restore(objects) or {"step": 0, "sums": {}, "count": 0}
-    step, count = state["step"], state["count"]
-    sums = {k: torch.tensor(v, device=device) for k, v in state["sums"].items()}
+    state = run.restore(objects) or {"step": 0}
+    clock.start(state["step"])
+    running = RunningMeans(["nll", "reinforce", "baseline_mse", "reward", "loss"], device, state)
+    # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before RAM had an
+    # Accelerator hold none, and must still resume.
+    accel.load_state_dict(state.get("accel"))
 
-    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
-    clock, clock_step = time.perf_counter(), step
+    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
     tested: Optional[dict] = None
-    while step < total_steps and not run.should_stop:
-        epoch, first_batch = divmod(step, steps_per_epoch)
-        train_split = task_split(cfg, mnist.train, cfg.seed, epoch)
-        order = epoch_order(len(train_split), cfg.seed, epoch, device)
+    while not clock.stop_now:
+        train_split = task_split(cfg, mnist.train, cfg.seed, clock.epoch)
+        order = epoch_order(len(train_split), cfg.seed, clock.epoch, device)
         model.train()
-        for images, labels in train_split.batches(cfg.train.batch_size, order, start=first_batch):
-            out = model(images.float().div_(255), step_generator(cfg.seed, step, device))
+        for images, labels in train_split.batches(cfg.train.batch_size, order, start=clock.batch):
+            with accel.autocast():
+                out = net(accel.to_input(images.float().div_(255)), step_generator(cfg.seed, clock.step, device))
             loss, parts = hybrid_loss(out, labels)
-            descend(loss, optimizer, model.parameters(), cfg.train.grad_clip)
+            accel.backward_step(loss, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
-            step += 1
+            clock.tick()
+            running.add(loss=loss, **parts)
             progress.update(1)
-            for k, v in (parts | {"loss": loss.detach()}).items():
-                sums[k] = sums.get(k, 0) + v
-            count += 1
-            if step % cfg.tracking.log_every == 0:
-                means = {f"train/{k}": (v / count).item() for k, v in sums.items()}
-                run.check_finite("train/loss", means["train/loss"], step)
-                elapsed = time.perf_counter() - clock
-                means |= {"train/lr": schedule.lr, "train/epoch": step / steps_per_epoch, "train/images_per_s": (step - clock_step) * cfg.train.batch_size / max(elapsed, 1e-9)}
-                run.log(means, step)
-                progress.set_postfix(loss=f"{means['train/loss']:.3f}", reward=f"{means['train/reward']:.3f}")
-                sums, count, clock, clock_step = {}, 0, time.perf_counter(), step
-            if step % steps_per_epoch == 0 or step == total_steps:
+            if clock.log_now:
+                metrics = running.pop()
+                run.check_finite("train/loss", metrics["train/loss"], clock.step)
+                run.log(metrics | {"train/lr": schedule.lr} | clock.pace(cfg.train.batch_size), clock.step)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", reward=f"{metrics['train/reward']:.3f}")
+            if clock.epoch_ended or clock.finished:
                 tested = evaluate_split(model, test, cfg)
-                run.log({f"test/{k}": v for k, v in tested.items()}, step)
-                plot_paths(model, test, cfg, run, step)
-                progress.write(f"epoch {step / steps_per_epoch:.2f}: test error {tested['error']:.2%}")
+                run.log({f"test/{k}": v for k, v in tested.items()}, clock.step)
+                plot_paths(model, test, cfg, run, clock.step)
+                progress.write(f"epoch {clock.step / clock.steps_per_epoch:.2f}: test error {tested['error']:.2%}")
                 model.train()
-            if step % cfg.checkpoint.every == 0 or step == total_steps or run.should_stop:
-                run.save(step, objects, {"sums": {k: v.item() for k, v in sums.items()}, "count": count})
-            if run.should_stop or step == total_steps:
+            clock.stopped = run.should_stop
+            if clock.checkpoint_now:
+                run.save(clock.step, objects, running.state() | {"accel": accel.state_dict()})
+            if clock.stop_now:
                 break
     progress.close()
-    if run.should_stop:
+    if clock.stopped:
         return
     final = tested or evaluate_split(model, test, cfg)  # a run resumed at its last step has not tested yet
-    run.summary({f"test/{k}": v for k, v in final.items()} | {"train/steps": step})
-    print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {step} steps, {cfg.model.glimpses} glimpses")
+    run.summary({f"test/{k}": v for k, v in final.items()} | {"train/steps": clock.step})
+    print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {clock.step} steps, {cfg.model.glimpses} glimpses")
 
 
 @torch.no_grad()
@@ -351,4 +287,12 @@ def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
     return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in evaluate_split(model, test, cfg).items()}
 
 
-register("ram", RAMConfig, train, evaluate)
+register(
+    "ram", RAMConfig, train, evaluate,
+    metrics=[
+        {"name": "test/error", "goal": "minimize", "unit": "%", "scale": 100},  # logged as a fraction
+        {"name": "train/loss", "goal": "minimize"},  # the hybrid loss: NLL + REINFORCE + baseline MSE
+        {"name": "train/reward", "goal": "maximize"},  # the fraction of right answers
+    ],
+    media=["test/glimpse_paths"],
+)

@@ -19,8 +19,10 @@ kept and finish in the next batch: their first steps were played by the previous
 we accept rather than throwing away steps (or letting finished environments idle).
 
 Policies: an MLP for vectors (CartPole, Atari RAM, Karpathy's difference frames), the Nature CNN with a
-linear action head for stacked frames, and the glimpse agent of rl/ram.py (recurrent: it is unrolled over
-each whole episode in the update). Step counts are agent steps summed over environments.
+linear action head for stacked frames, and the glimpse agent of shared/models/glimpse.py (recurrent: it is
+unrolled over each whole episode in the update). Step counts are agent steps summed over environments.
+Acting and the update run through the shared Accelerator (`accel:`); the log-probabilities, the value and
+the loss are taken in fp32 under any precision.
 """
 
 from __future__ import annotations
@@ -34,18 +36,17 @@ from typing import Literal, NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from rl.envs import EnvConfig, TrainingSignal, make_vec_env
-from rl.evaluate import human_normalized
-from rl.ram import GlimpseAgent
-from rl.ram import ModelConfig as GlimpseConfig
+from rl.envs import EnvConfig, TrainingSignal, check_env, make_vec_env
+from rl.evaluate import EpisodeQuota, human_normalized
 from shared.config import RunConfig, register, require, require_positive
 from shared.errors import ConfigError
+from shared.models.glimpse import GlimpseAgent, GlimpseConfig
 from shared.models.mlp import MLP
 from shared.models.nature_cnn import NatureEncoder
 from shared.run import Run
+from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.optim import OptimConfig, make_optimizer
 
@@ -88,6 +89,7 @@ class ReinforceConfig(RunConfig):
     agent: AgentConfig = field(default_factory=AgentConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
     eval: PlayConfig = field(default_factory=PlayConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +101,9 @@ class ReinforceConfig(RunConfig):
         require(0 <= a.mean_decay < 1, "agent.mean_decay", "must be in [0, 1)", a.mean_decay)
         require(self.policy.action_set is None or len(self.policy.action_set) > 1, "policy.action_set", "needs at least 2 actions", self.policy.action_set)
         require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
+
+    def check(self) -> None:
+        check_env(self.env)
 
 
 # ----------------------------------------------------------------------------------------------- policies
@@ -118,7 +123,8 @@ class FeedForwardPolicy(nn.Module):
         self.value = nn.Sequential(make_torso(), nn.Linear(features, 1))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.logits(self.torso(obs)), self.value(obs).squeeze(-1)
+        # In fp32 under autocast too: the log-probabilities, and the value that is stored as the baseline.
+        return self.logits(self.torso(obs)).float(), self.value(obs).squeeze(-1).float()
 
     def initial_memory(self, n: int, device: torch.device) -> None:
         return None
@@ -200,11 +206,16 @@ class Player:
     """Plays a policy in a vector env, step by step, and hands back the episodes that end.
 
     It keeps the env, its observations and the policy's memory between calls, so an episode may span two
-    calls (two updates). With `record=False` it only counts scores (evaluation).
+    calls (two updates). With `record=False` it only counts scores (evaluation). The policy acts under
+    `accel`'s precision and layout (fp32 without one).
     """
 
-    def __init__(self, env, policy: nn.Module, env_cfg: EnvConfig, agent: AgentConfig, action_set, device, seed: int, record: bool = True):
+    def __init__(
+        self, env, policy: nn.Module, env_cfg: EnvConfig, agent: AgentConfig, action_set, device, seed: int,
+        record: bool = True, accel: Optional[Accelerator] = None,
+    ):
         self.env, self.policy, self.device, self.record = env, policy, device, record
+        self.accel = accel if accel is not None else Accelerator(AccelConfig(precision="fp32"), device)
         self.reset_on_reward = agent.reset_return_on_reward
         self.action_set = None if action_set is None else np.asarray(action_set)
         self.signal = TrainingSignal(env_cfg, env.num_envs)
@@ -218,8 +229,9 @@ class Player:
         done: list[Episode] = []
         taken = 0
         while len(done) < episodes:
-            with torch.inference_mode():
-                actions, extras, self.memory = self.policy.act(torch.as_tensor(self.obs, device=self.device), self.memory)
+            with torch.inference_mode(), self.accel.autocast():
+                obs = self.accel.to_input(torch.as_tensor(self.obs, device=self.device))
+                actions, extras, self.memory = self.policy.act(obs, self.memory)
             actions = actions.cpu().numpy()
             extras = {k: v.cpu().numpy() for k, v in extras.items()}
             env_actions = actions if self.action_set is None else self.action_set[actions]
@@ -249,7 +261,9 @@ class Player:
 
 
 # ----------------------------------------------------------------------------------------------- learning
-def update(policy: nn.Module, optimizer: torch.optim.Optimizer, episodes: list[Episode], cfg: ReinforceConfig, mean_baseline: float, device) -> tuple[dict, float]:
+def update(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, accel: Accelerator, episodes: list[Episode], cfg: ReinforceConfig, mean_baseline: float, device
+) -> tuple[dict, float]:
     """One policy-gradient step on whole episodes -> (metrics, the new running-mean baseline)."""
     a = cfg.agent
     returns = np.concatenate([reward_to_go(ep.rewards, ep.cuts, a.gamma) for ep in episodes])
@@ -266,7 +280,7 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, episodes: list[E
         policy_loss = -(adv_part * log_prob).sum()
         value_loss = (value - ret_part).pow(2).sum() if a.baseline == "value" else torch.zeros((), device=device)
         loss = (policy_loss - a.entropy_coef * entropy.sum() + a.value_coef * value_loss) / total
-        loss.backward()
+        accel.backward(loss)
         sums["loss"] += loss.item()
         sums["policy_loss"] += policy_loss.item() / total
         sums["entropy"] += entropy.sum().item() / total
@@ -274,7 +288,8 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, episodes: list[E
 
     if policy.recurrent:  # unrolled over each whole episode, episodes side by side (T, E), padded
         obs, actions, extras, mask = pad_episodes(episodes, device)
-        log_prob, entropy, value = policy.evaluate(obs, actions, extras, mask)
+        with accel.autocast():
+            log_prob, entropy, value = policy.evaluate(obs, actions, extras, mask)
         index = mask.T.nonzero(as_tuple=True)  # episode-major, the order of `returns`
         backward(log_prob.T[index], entropy.T[index], value.T[index], torch.from_numpy(adv).to(device), torch.from_numpy(returns).to(device))
     else:  # steps are independent: chunks bound the memory, and their gradients add up exactly
@@ -282,10 +297,13 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, episodes: list[E
         actions = np.concatenate([ep.actions for ep in episodes])
         for start in range(0, total, a.chunk_steps):
             part = slice(start, start + a.chunk_steps)
-            log_prob, entropy, value = policy.evaluate(torch.as_tensor(obs[part], device=device), torch.as_tensor(actions[part], device=device), {})
+            with accel.autocast():
+                chunk = accel.to_input(torch.as_tensor(obs[part], device=device))
+                log_prob, entropy, value = policy.evaluate(chunk, torch.as_tensor(actions[part], device=device), {})
             backward(log_prob, entropy, value, torch.from_numpy(adv[part]).to(device), torch.from_numpy(returns[part]).to(device))
+    accel.unscale(optimizer)  # the true gradients, for their norm and the clipping
     grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), a.max_grad_norm or math.inf)
-    optimizer.step()
+    accel.step(optimizer)
     new_mean = a.mean_decay * mean_baseline + (1 - a.mean_decay) * float(returns.mean())
     metrics = {f"train/{k}": v for k, v in sums.items()} | {"train/grad_norm": grad_norm.item(), "train/return_to_go": float(returns.mean())}
     return metrics, new_mean
@@ -318,24 +336,29 @@ def make_env(cfg: ReinforceConfig):
 
 def train(cfg: ReinforceConfig, run: Run) -> None:
     env, num_actions = make_env(cfg)
-    policy = build_policy(cfg, env.single_observation_space.shape, num_actions).to(run.device)
+    accel = Accelerator(cfg.accel, run.device)
+    # Compiled in place: acting and the update call the policy's own act and evaluate, which call self(...).
+    policy = accel.prepare(build_policy(cfg, env.single_observation_space.shape, num_actions), in_place=True)
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
     state = run.restore({"policy": policy, "optimizer": optimizer}) or {"step": 0, "updates": 0, "episodes": 0, "mean_baseline": 0.0, "recent": [], "resumes": 0}
+    # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before REINFORCE
+    # had an Accelerator hold none, and must still resume.
+    accel.load_state_dict(state.get("accel"))
     step, updates, episodes_seen = state["step"], state["updates"], state["episodes"]
     mean_baseline, recent = state["mean_baseline"], deque(state["recent"], maxlen=100)
     resumes = state["resumes"] + (1 if step else 0)
-    player = Player(env, policy, cfg.env, cfg.agent, cfg.policy.action_set, run.device, seed=cfg.seed + 1000 * resumes)
+    player = Player(env, policy, cfg.env, cfg.agent, cfg.policy.action_set, run.device, seed=cfg.seed + 1000 * resumes, accel=accel)
 
     def save() -> None:
         counters = {"updates": updates, "episodes": episodes_seen, "mean_baseline": mean_baseline, "recent": list(recent), "resumes": resumes}
-        run.save(step, {"policy": policy, "optimizer": optimizer}, counters)
+        run.save(step, {"policy": policy, "optimizer": optimizer}, counters | {"accel": accel.state_dict()})
 
     progress = tqdm(total=cfg.total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
     next_checkpoint = (step // cfg.checkpoint.every + 1) * cfg.checkpoint.every
     clock = time.perf_counter()
     while step < cfg.total_steps and not run.should_stop:
         episodes, taken = player.play(cfg.agent.batch_episodes)
-        metrics, mean_baseline = update(policy, optimizer, episodes, cfg, mean_baseline, run.device)
+        metrics, mean_baseline = update(policy, optimizer, accel, episodes, cfg, mean_baseline, run.device)
         step, updates, episodes_seen = step + taken, updates + 1, episodes_seen + len(episodes)
         progress.update(taken)
         scores = [ep.score for ep in episodes]
@@ -372,19 +395,17 @@ def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
     device = select_device(cfg.device)
     env_cfg = replace(cfg.env, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes), max_episode_frames=cfg.eval.max_episode_frames)
     env, num_actions = make_env(replace(cfg, env=env_cfg))
-    policy = build_policy(cfg, env.single_observation_space.shape, num_actions).to(device)
+    accel = Accelerator(cfg.accel, device)
+    policy = accel.prepare(build_policy(cfg, env.single_observation_space.shape, num_actions), in_place=True)
     policy.load_state_dict(checkpoint["state"]["policy"])
     policy.eval()
     torch.manual_seed(cfg.seed + 20_000)
-    player = Player(env, policy, env_cfg, cfg.agent, cfg.policy.action_set, device, seed=cfg.seed + 20_000, record=False)
-    # Each env plays a fixed quota of games, so that short games are not over-counted (rl/evaluate.py).
-    quota = np.full(env_cfg.num_envs, cfg.eval.episodes // env_cfg.num_envs)
-    quota[: cfg.eval.episodes % env_cfg.num_envs] += 1
+    player = Player(env, policy, env_cfg, cfg.agent, cfg.policy.action_set, device, seed=cfg.seed + 20_000, record=False, accel=accel)
+    quota = EpisodeQuota(cfg.eval.episodes, env_cfg.num_envs)  # so that short games are not over-counted
     scores: list[float] = []
     while len(scores) < cfg.eval.episodes:
         for ep in player.play(1)[0]:
-            if quota[ep.env] > 0:
-                quota[ep.env] -= 1
+            if quota.take(ep.env):
                 scores.append(ep.score)
     env.close()
     result = {"step": checkpoint["step"], "eval/return": float(np.mean(scores)), "eval/return_std": float(np.std(scores)), "eval/episodes": len(scores)}
@@ -392,4 +413,14 @@ def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
     return result | ({"eval/hns": hns} if hns is not None else {})
 
 
-register("reinforce", ReinforceConfig, train, evaluate)
+register(
+    "reinforce", ReinforceConfig, train, evaluate,
+    metrics=[
+        {"name": "train/return_100", "goal": "maximize"},  # the mean return of the last 100 episodes
+        {"name": "train/episode_return", "goal": "maximize"},
+        {"name": "train/loss", "goal": "minimize"},  # policy-gradient surrogate - entropy bonus + value loss
+        {"name": "train/entropy", "unit": "nats"},
+        {"name": "train/hns_100", "goal": "maximize", "unit": "% of human", "once": True},
+    ],
+    step_unit="agent steps",
+)

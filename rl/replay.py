@@ -4,8 +4,9 @@ DQN reads a stack of the last 4 frames, and consecutive observations share 3 of 
 keeps each 84x84 frame 8 times (56 KB per transition, as SB3 does). Here each env writes its frames, one per
 step, into its own ring (Dopamine's layout), and a transition is a slot: the stack of slot i is the frames
 of slots i-3..i of the same env, its s' the stack of slot i+k. A transition costs its one frame (7,056 bytes)
-plus 12 bytes of metadata and 16 of priority tree: 7,084 bytes when the slot count is a power of two, at most
-7,100 otherwise. Vector observations (CartPole, Atari RAM) are frames of shape (4,) or (128,) with stack=1.
+plus 12 bytes of metadata and either a validity flag (1 byte, uniform replay: 7,069 bytes) or 16 bytes of
+priority tree (7,084 bytes when the slot count is a power of two, at most 7,100 otherwise). Vector observations
+(CartPole, Atari RAM) are frames of shape (4,) or (128,) with stack=1.
 
 Layout, for N envs and C = capacity // N slots per env; slot (e, p) has the global id g = e * C + p:
     frames          (N, C, *frame_shape)  the newest frame of the observation seen at the slot
@@ -16,7 +17,10 @@ Layout, for N envs and C = capacity // N slots per env; slot (e, p) has the glob
     episode_start   (N, C) bool           the frame opens an episode: older frames of its stacks read as zeros
     has_transition  (N, C) bool           action, reward and flags are set and the next frame is in the next slot
     written         (N,)   int64          frames each env has ever written: the frame of env time t is at t % C
-    tree            (2P,)  float64        sum-tree over the N*C slots (P the power of two >= N*C), leaf of g at P+g
+    tree            (2P,)  float64        prioritized only: sum-tree over the N*C slots (P the power of two >= N*C),
+                                          leaf of g at P+g, 0 where g cannot be sampled
+    valid           (N*C,) bool           uniform only: g can be sampled; with `valid_per_block`, the count of
+                                          valid slots in each run of BLOCK slots (a two-level index, derived)
 
 Stacks follow the env's own padding: a frame from before the episode start of slot i is zero, even while the
 ring still holds one from the previous episode. The final observation of an episode gets a slot of its own
@@ -25,10 +29,12 @@ transition before it; the autoreset step's frame opens the next episode.
 
 A slot can be sampled when it holds a transition, its n-step window is complete (k = n_step transitions stored,
 or fewer if the episode ended at the k-th) and every frame its stack needs is still in the ring (the oldest
-kept is env time written - C; s' needs only newer frames of the same episode). Its tree leaf is 0 exactly when
-it cannot be sampled, so one descent of the tree serves uniform and prioritized replay alike: uniform replay is
-alpha = 0 (every valid leaf 1, draws i.i.d.), prioritized replay (Schaul et al. 2016, proportional) has leaves
-p^alpha and stratified draws. Validity only changes near a ring's write head: writing env time t completes the
+kept is env time written - C; s' needs only newer frames of the same episode). Prioritized replay (Schaul et al.
+2016, proportional) keeps leaves p^alpha in a sum-tree and draws stratified. Uniform replay needs no tree: a draw
+u in [0, valid count) picks the floor(u)-th valid slot in slot order, found through the per-block counts, which is
+the slot a tree of 0/1 leaves would descend to (the same draws for a seed as when uniform replay used the tree);
+marking a slot then costs one count, not log2(P) levels of parent sums (it halved the replay write's time).
+Validity only changes near a ring's write head: writing env time t completes the
 windows of slots t-n_step..t-1 and overwrites time t-C, which the stacks of slots t-C..t-C+stack-1 needed; those
 n_step + stack slots are re-examined after every write. A slot that becomes valid gets the largest priority
 seen so far, one that stops being valid gets 0.
@@ -40,6 +46,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+BLOCK = 256  # slots per count of the uniform sampler's index: B x BLOCK flags read per sample, P / BLOCK counts summed
 
 
 class ReplayBatch(NamedTuple):
@@ -89,8 +97,12 @@ class FrameReplay:
         self.episode_start = np.zeros(slots, dtype=bool)
         self.has_transition = np.zeros(slots, dtype=bool)
         self.written = np.zeros(num_envs, dtype=np.int64)
-        self.leaves = 1 << (self.capacity - 1).bit_length()  # P: node 1 is the root, node n has children 2n, 2n+1
-        self.tree = np.zeros(2 * self.leaves)
+        if prioritized:
+            self.leaves = 1 << (self.capacity - 1).bit_length()  # P: node 1 is the root, node n has children 2n, 2n+1
+            self.tree = np.zeros(2 * self.leaves)
+        else:
+            self.valid = np.zeros(self.capacity, dtype=bool)
+            self.valid_per_block = np.zeros(-(-self.capacity // BLOCK), dtype=np.int64)
         self.max_priority = 1.0
         self.num_valid = 0
         self.rng = np.random.default_rng(seed)
@@ -99,7 +111,8 @@ class FrameReplay:
         return self.num_valid
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        names = "frames action reward terminated truncated episode_start has_transition written tree".split()
+        names = "frames action reward terminated truncated episode_start has_transition written".split()
+        names.append("tree" if self.prioritized else "valid")
         return {name: getattr(self, name) for name in names}
 
     @property
@@ -156,7 +169,7 @@ class FrameReplay:
         env = np.repeat(np.arange(self.num_envs), positions.shape[1])
         slots = env * self.capacity_per_env + positions.ravel()
         valid = self._window(env, self._time(env, positions.ravel()))[0]
-        old = self.tree[self.leaves + slots]
+        old = self._leaf(slots)
         # A valid slot keeps its priority, a newly valid one gets the max, an invalid one 0.
         new = np.where(valid, np.where(old > 0, old, self.max_priority**self.alpha), 0.0)
         changed = new != old
@@ -207,16 +220,17 @@ class FrameReplay:
     def sample(self, batch_size: int, beta: float = 0.4) -> ReplayBatch:
         if self.num_valid == 0:
             raise ValueError("nothing to sample: no transition has its stack and n-step window stored yet")
-        total = self.tree[1]
         if self.prioritized:  # one draw in each of batch_size equal segments of the total priority
-            u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+            total = self.tree[1]
+            slots = self._descend((np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size))
+            weights = (self.num_valid * self.tree[self.leaves + slots] / total) ** -beta
+            weights = weights / weights.max()
         else:
-            u = self.rng.random(batch_size) * total
-        slots = self._descend(u)
+            slots = self._nth_valid(self.rng.random(batch_size) * self.num_valid)
+            weights = np.ones(batch_size)
         env, position = np.divmod(slots, self.capacity_per_env)
         t = self._time(env, position)
         _, k, returns, discounts = self._window(env, t)
-        weights = (self.num_valid * self.tree[self.leaves + slots] / total) ** -beta
         return ReplayBatch(
             obs=self._observe(env, t),
             actions=self.action[env, position].astype(np.int64),
@@ -224,10 +238,24 @@ class FrameReplay:
             next_obs=self._observe(env, t + k),
             discounts=discounts.astype(np.float32),
             indices=slots,
-            weights=(weights / weights.max()).astype(np.float32),
+            weights=weights.astype(np.float32),
         )
 
+    def _nth_valid(self, u: np.ndarray) -> np.ndarray:
+        """Uniform draws u (B,) in [0, valid count) -> the floor(u)-th valid slots (B,), counted in slot order."""
+        rank = np.minimum(u.astype(np.int64), self.num_valid - 1)
+        before = np.cumsum(self.valid_per_block)  # (blocks,) valid slots up to each block's end
+        block = np.searchsorted(before, rank, side="right")
+        rank -= before[block] - self.valid_per_block[block]  # the rank within the block
+        window = block[:, None] * BLOCK + np.arange(BLOCK)  # (B, BLOCK) slots; the last block may run past the end
+        flags = self.valid[window.clip(max=self.capacity - 1)] & (window < self.capacity)
+        return window[np.arange(len(u)), np.argmax(np.cumsum(flags, axis=1) > rank[:, None], axis=1)]
+
     # ---- priorities
+
+    def _leaf(self, slots: np.ndarray) -> np.ndarray:
+        """Sampling weights (M,) of slots (M,): p^alpha under PER, 1 for a valid uniform slot, 0 if invalid."""
+        return self.tree[self.leaves + slots] if self.prioritized else self.valid[slots].astype(np.float64)
 
     def _descend(self, u: np.ndarray) -> np.ndarray:
         """Prefix sums u (B,) in [0, total] -> the slots (B,) whose leaves' cumulative range holds them."""
@@ -241,6 +269,11 @@ class FrameReplay:
         return node - self.leaves
 
     def _set_leaves(self, slots: np.ndarray, values: np.ndarray) -> None:
+        """Set the sampling weights (M,) of distinct slots (M,), as _leaf returns them."""
+        if not self.prioritized:
+            np.add.at(self.valid_per_block, slots // BLOCK, (values > 0).astype(np.int64) - self.valid[slots])
+            self.valid[slots] = values > 0
+            return
         node = self.leaves + slots
         self.tree[node] = values
         while node[0] > 1:  # each parent recomputed from its children, not shifted by deltas that would drift
@@ -252,6 +285,8 @@ class FrameReplay:
         indices, priorities = np.asarray(indices, dtype=np.int64), np.asarray(priorities, dtype=np.float64)
         if not (np.isfinite(priorities) & (priorities >= 0)).all():
             raise ValueError(f"priorities must be finite and >= 0, got {priorities}")
+        if not self.prioritized:  # uniform replay draws every valid slot alike
+            return
         priorities = priorities + self.priority_eps
         self.max_priority = max(self.max_priority, float(priorities.max()))
         # A slot whose stack was overwritten since it was sampled stays at 0.
@@ -275,11 +310,20 @@ class FrameReplay:
     def load_state_dict(self, state: dict) -> None:
         if state["settings"] != self._settings():
             raise ValueError(f"replay saved with {state['settings']}, this one has {self._settings()}")
+        if not self.prioritized and "valid" not in state:  # saved when uniform replay kept a tree of 0/1 leaves
+            tree = state["tree"].numpy()
+            state = state | {"valid": torch.from_numpy(tree[len(tree) // 2 :][: self.capacity] > 0)}
         for name, array in self._arrays().items():
             saved = state[name].numpy()
             if saved.shape != array.shape or saved.dtype != array.dtype:
                 raise ValueError(f"{name}: saved {saved.dtype} {saved.shape}, here {array.dtype} {array.shape}")
             array[...] = saved
         self.max_priority = float(state["max_priority"])
-        self.num_valid = int(np.count_nonzero(self.tree[self.leaves :]))
+        if self.prioritized:
+            self.num_valid = int(np.count_nonzero(self.tree[self.leaves :]))
+        else:
+            padded = np.zeros(len(self.valid_per_block) * BLOCK, dtype=np.int64)
+            padded[: self.capacity] = self.valid
+            self.valid_per_block[:] = padded.reshape(-1, BLOCK).sum(axis=1)
+            self.num_valid = int(self.valid_per_block.sum())
         self.rng.bit_generator.state = state["rng"]

@@ -11,23 +11,38 @@ The two are timed in alternation, `repeats` times each after a warm-up, and the 
 The data paths are also timed alone (batches produced, no model), since on a CPU the model's step can
 dwarf either of them. The images are random uint8 with the dataset's shape: speed does not depend on
 their content.
+
+`pixlab bench train` (the second half of this file) times whole trainers instead: pixlab's trainer beside a
+pytorch/examples-style loop, for LeNet-5 here and, through the rows that rl/bench.py and generative/bench.py
+define (this floor imports neither), RAM, the VAE, DCGAN and PixelCNN. `bench classify` stays as it is: it
+isolates the data path, which `bench train` measures only as part of the whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import platform
+import importlib
 import statistics
+import sys
+import tempfile
 import time
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+from unittest import mock
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from shared.config import ALGORITHMS, REPO, load_config
 from shared.data.tensors import ImageData, Split, epoch_order
+from shared.machine import describe_machine, format_machine
 from shared.models import build_model
+from shared.run import Run
+from shared.tracking import read_metrics
+from shared.train.accel import resolve_precision
 from shared.train.device import select_device
 
 # model -> (dataset it stands for, image shape, pad, number of images, timed steps)
@@ -90,10 +105,8 @@ def bench_classify(
         )
     return {
         "benchmark": "classify",
-        "device": str(target),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
+        "machine": describe_machine(target),
+        "precision": {"pixlab": "fp32", "dataloader": "fp32"},  # this bench compares data paths: both loops fp32
         "repeats": repeats,
         "results": results,
     }
@@ -153,8 +166,7 @@ def _sync(device: torch.device) -> None:
 
 def format_table(report: dict) -> str:
     lines = [
-        f"classify bench on {report['device']} ({report['processor']}, {report['threads']} threads, torch {report['torch']}), "
-        f"median of {report['repeats']}",
+        f"classify bench, median of {report['repeats']}: {format_machine(report['machine'])}",
         f"{'model':<10} {'batch':>5} {'pixlab img/s':>13} {'DataLoader img/s':>17} {'ratio':>6}   "
         f"{'data path alone: pixlab batch/s':>32} {'DataLoader batch/s':>19} {'ratio':>6}",
     ]
@@ -164,4 +176,157 @@ def format_table(report: dict) -> str:
             f"{r['model']:<10} {r['batch_size']:>5} {r['pixlab_images_per_s']:>13.0f} {r['dataloader_images_per_s']:>17.0f} {r['ratio']:>6.2f}   "
             f"{d['pixlab_batches_per_s']:>32.0f} {d['dataloader_batches_per_s']:>19.0f} {d['ratio']:>6.2f}"
         )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- pixlab bench train
+# Training images/s of a model under pixlab's own trainer (`train(cfg, run)` from its config: the device-resident
+# data path, the Accelerator with the config's precision and layout, fused optimizers) beside a plain loop written
+# the way pytorch/examples writes it: a DataLoader over float32 tensors, NCHW, fp32, torch.optim with its default
+# implementation, the same model (built by the trainer's own builder) and batch size, the same loss. Both run in
+# this process, alternating, `repeats` times each; the medians are reported.
+#
+# Data: random MNIST-shaped uint8 images (60,000 train, 500 test) stand in for MNIST by swapping the trainer
+# module's `load_dataset` (speed does not depend on pixel values; no download needed). The trainer runs
+# `steps` optimizer steps and logs images/s every steps / 5; the first window (allocations, compile) is dropped.
+# Its end-of-run evaluation is on the 500 test images and is not timed.
+
+
+@dataclass
+class TrainCase:
+    """One row of `pixlab bench train`: a trainer's config and the reference loop that trains the same model."""
+
+    model: str  # the row's name
+    config: str  # under configs/
+    module: str  # the trainer's module, whose `load_dataset` is swapped for synthetic MNIST
+    steps: int  # timed steps at steps_scale 1 (about 10 s a side on 2 CPU cores)
+    reference: Callable  # reference(cfg, data: ImageData, device) -> run(steps) -> seconds
+    overrides: tuple[str, ...] = ()  # what keeps the run to its timed steps: no sample metrics, few test images
+
+
+def synthetic_mnist(pad: int = 0, train: int = 60_000, test: int = 500) -> ImageData:
+    """Random uint8 digits of MNIST's shape (N, 1, 28, 28) with labels 0..9, MNIST's mean and std."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (train + test, 1, 28, 28), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (train + test,), generator=generator)
+    return ImageData("mnist", Split(images[:train], labels[:train]), Split(images[train:], labels[train:]), 10, (0.1307,), (0.3081,), pad)
+
+
+def plain_batches(tensors: Sequence[torch.Tensor], batch_size: int, device: torch.device) -> Iterator[list]:
+    """pytorch/examples' input pipeline: DataLoader(TensorDataset(...), shuffle=True), each batch moved to the device."""
+    loader = DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True, drop_last=True)
+    while True:
+        for batch in loader:
+            yield [t.to(device, non_blocking=True) for t in batch]
+
+
+def timed_loop(step: Callable[[], None], device: torch.device) -> Callable[[int], float]:
+    """run(steps) -> the seconds `steps` calls of `step` took (device work included)."""
+
+    def run(steps: int) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def plain_optimizer(parameters, cfg) -> torch.optim.Optimizer:
+    """The config's optimizer as pytorch/examples builds it: torch's default implementation, no parameter groups."""
+    if cfg.name in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        return kind(parameters, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    raise ValueError(f"no plain optimizer for {cfg.name!r}")
+
+
+def lenet5_reference(cfg, data: ImageData, device: torch.device) -> Callable[[int], float]:
+    """LeNet-5 on normalised, padded float images: cross-entropy, the config's optimizer."""
+    model = build_model("lenet5", data.num_classes, in_channels=1).to(device)
+    optimizer = plain_optimizer(model.parameters(), cfg.optim)
+    floats = torch.cat([data.prepare(images) for images, _ in data.train.batches(4096)])
+    batches = plain_batches([floats, data.train.labels], cfg.train.batch_size, device)
+
+    def step() -> None:
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed_loop(step, device)
+
+
+LENET5 = TrainCase("lenet5", "classify/lenet5_mnist.yaml", "shared.classify", 100, lenet5_reference)
+
+
+def bench_train(cases: Sequence[TrainCase], repeats: int = 3, device: str = "auto", steps_scale: float = 1.0) -> dict:
+    """pixlab's trainer beside the reference loop for each case -> {machine, repeats, results: [...]}."""
+    target = select_device(device)
+    results = []
+    for case in cases:
+        steps = max(10, int(case.steps * steps_scale))
+        _, cfg = load_config(REPO / "configs" / case.config, _bench_overrides(case, target, steps))
+        data = synthetic_mnist(getattr(getattr(cfg, "data", None), "pad", 0))
+        reference = case.reference(cfg, data.to(target), target)
+        reference(2)  # warm-up: the DataLoader's first iterator, the allocator
+        ours, plain = [], []
+        for _ in range(repeats):
+            ours.append(_trainer_images_per_s(case, cfg, target, data))
+            plain.append(steps * cfg.train.batch_size / reference(steps))
+        ours_rate, plain_rate = statistics.median(ours), statistics.median(plain)
+        accel = cfg.accel
+        results.append(
+            {
+                "model": case.model,
+                "config": f"configs/{case.config}",
+                "batch_size": cfg.train.batch_size,
+                "steps_timed": steps,
+                "pixlab_images_per_s": round(ours_rate, 1),
+                "reference_images_per_s": round(plain_rate, 1),
+                "ratio": round(ours_rate / plain_rate, 3),
+                "pixlab_runs": [round(r, 1) for r in ours],
+                "reference_runs": [round(r, 1) for r in plain],
+                "pixlab_precision": resolve_precision(accel.precision, target),
+                "pixlab_settings": f"channels_last={accel.channels_last}, compile={accel.compile}, optimizer {cfg.optim.name} (fused)",
+                "reference_precision": "fp32",
+                "reference_settings": f"NCHW, DataLoader(TensorDataset), torch.optim {cfg.optim.name} (default implementation)",
+            }
+        )
+    return {"benchmark": "train", "machine": describe_machine(target), "repeats": repeats, "data": "random MNIST-shaped uint8", "results": results}
+
+
+def _bench_overrides(case: TrainCase, device: torch.device, steps: int) -> list[str]:
+    return [
+        f"device={device.type}", f"train.max_steps={steps}", f"tracking.log_every={max(1, steps // 5)}",
+        "tracking.wandb=disabled", f"checkpoint.every={10 * steps}", *case.overrides,
+    ]
+
+
+def _trainer_images_per_s(case: TrainCase, cfg, device: torch.device, data: ImageData) -> float:
+    """One run of the case's trainer on the synthetic data -> its median logged images/s after the first window."""
+    module = importlib.import_module(case.module)
+    with tempfile.TemporaryDirectory() as folder, mock.patch.object(module, "load_dataset", lambda *args, **kwargs: data):
+        cfg.runs_dir = folder
+        with Run.create(cfg, argv=["pixlab", "bench", "train", case.model]) as run, contextlib.redirect_stdout(sys.stderr):
+            ALGORITHMS[cfg.algo].train(cfg, run)
+        rates = [r["train/images_per_s"] for r in read_metrics(run.dir / "metrics.jsonl") if "train/images_per_s" in r]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def format_train(report: dict) -> str:
+    lines = [
+        f"train bench: {report['data']}, median of {report['repeats']}; {format_machine(report['machine'])}",
+        f"{'model':<9} {'batch':>5} {'pixlab img/s':>13} {'reference img/s':>16} {'ratio':>6}  pixlab precision, settings",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"{r['model']:<9} {r['batch_size']:>5} {r['pixlab_images_per_s']:>13.0f} {r['reference_images_per_s']:>16.0f} {r['ratio']:>6.2f}  "
+            f"{r['pixlab_precision']}, {r['pixlab_settings']}"
+        )
+    lines.append("reference: fp32, NCHW, DataLoader(TensorDataset), torch.optim default implementation")
     return "\n".join(lines)

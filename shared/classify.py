@@ -33,10 +33,10 @@ from shared.data.augment import AugmentConfig, augment
 from shared.errors import CheckpointError, ConfigError
 from shared.models import MODELS, build_model
 from shared.run import Run, latest_checkpoint, load_checkpoint
-from shared.tracking import RunningLoss
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.ema import EMA
+from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
 
 
@@ -82,6 +82,8 @@ class ClassifyConfig(RunConfig):
         require_choice(self.model.name, sorted(MODELS), "model.name")
         require(self.data.name in DATASETS, "data.name", f"must be one of {DATASETS}", self.data.name)
         require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
+        side = {"mnist": 28, "digits": 8, "cifar10": 32}[self.data.name] + 2 * self.data.pad
+        require(self.model.name != "lenet5" or side == 32, "data.pad", f"gives {side}x{side} images; lenet5 reads 32x32 (mnist: pad 2, digits: pad 12, cifar10: pad 0)", self.data.pad)
         require(self.data.val_size >= 0, "data.val_size", "must be >= 0", self.data.val_size)
         require(self.data.augment.crop_padding >= 0, "data.augment.crop_padding", "must be >= 0", self.data.augment.crop_padding)
         require_positive(self, "train.epochs", "train.batch_size", "train.eval_batch_size", optional=("train.max_steps",))
@@ -102,36 +104,31 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
     model = build_classifier(cfg, data)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     net = ddp.wrap(accel.prepare(model), run.device)  # what the training step calls
-    steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
-    total_steps = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
-    schedule = Schedule(optimizer, cfg.schedule, total_steps)
+    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(data.train) / cfg.train.batch_size))
+    schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule, "accel": accel}
     if ema is not None:
         objects["ema"] = ema
     scored = ema.module if ema is not None else model  # the weights that evaluation reports
 
-    # The running mean of train/loss between two log lines is part of the state, so that a resumed run
-    # logs the very numbers an uninterrupted one does.
     state = run.restore(objects) or {"step": 0}
-    step = state["step"]
-    running = RunningLoss(state, run.device, step)
+    clock.start(state["step"])
+    running = RunningMeans(["loss"], run.device, state)
 
     def save() -> None:
         if running.count:
-            run.check_finite("train/loss", running.mean(), step)
-        run.save(step, objects, running.state())
+            run.check_finite("train/loss", running.means()["train/loss"], clock.step)
+        run.save(clock.step, objects, running.state())
 
     shard = ddp.shard(cfg.train.batch_size)
-    progress = tqdm(total=total_steps, initial=step, desc=cfg.name, unit="step", disable=None if ddp.is_main else True, dynamic_ncols=True)
-    stop = False
-    while step < total_steps and not stop:
-        epoch, first_batch = divmod(step, steps_per_epoch)
-        order = epoch_order(len(data.train), cfg.seed, epoch, run.device)
+    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None if ddp.is_main else True, dynamic_ncols=True)
+    while not clock.stop_now:
+        order = epoch_order(len(data.train), cfg.seed, clock.epoch, run.device)
         train_mode(model, cfg.model.freeze_backbone)
-        for images, labels in data.train.batches(cfg.train.batch_size, order, start=first_batch):
+        for images, labels in data.train.batches(cfg.train.batch_size, order, start=clock.batch):
             global_batch = len(labels)
-            images = augment(images, cfg.data.augment, cfg.seed, step)
+            images = augment(images, cfg.data.augment, cfg.seed, clock.step)
             images, labels = images[shard], labels[shard]  # this process's slice of the global batch
             with accel.autocast():
                 logits = net(accel.to_input(data.prepare(images)))
@@ -142,37 +139,37 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
             schedule.step()
             if ema is not None:
                 ema.update(model)
-            step += 1
-            running.add(loss)
+            clock.tick()
+            running.add(loss=loss)
             progress.update(1)
 
-            if step % cfg.tracking.log_every == 0:
-                mean_loss = running.mean()
-                run.check_finite("train/loss", mean_loss, step)
-                run.log(running.record(mean_loss, step, schedule.lr, steps_per_epoch, cfg.train.batch_size), step)
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-            if step % steps_per_epoch == 0:
-                end_of_epoch(cfg, run, scored, data, schedule, step, progress)
+            if clock.log_now:
+                metrics = running.pop()
+                run.check_finite("train/loss", metrics["train/loss"], clock.step)
+                run.log(metrics | {"train/lr": schedule.lr} | clock.pace(cfg.train.batch_size), clock.step)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            if clock.epoch_ended:
+                end_of_epoch(cfg, run, scored, data, schedule, clock.step, progress)
                 train_mode(model, cfg.model.freeze_backbone)
-            stop = ddp.any(run.should_stop, run.device)
-            if step % cfg.checkpoint.every == 0 or step == total_steps or stop:
+            clock.stopped = ddp.any(run.should_stop, run.device)
+            if clock.checkpoint_now:
                 save()
-            if stop or step == total_steps:
+            if clock.stop_now:
                 break
     progress.close()
-    if stop:
+    if clock.stopped:
         return
 
     final = evaluate_split(scored, data.test, data, cfg.train.eval_batch_size)
-    summary = {f"test/{k}": v for k, v in final.items()} | {"train/steps": step}
+    summary = {f"test/{k}": v for k, v in final.items()} | {"train/steps": clock.step}
     if ddp.enabled:
         summary |= {"dist/world_size": ddp.world_size, "dist/max_rank_weight_diff": ddp.max_difference(model)}
     mistakes = misclassified(scored, data, cfg.train.eval_batch_size, limit=64)
     if len(mistakes):
-        run.log_images("test/mistakes", mistakes, step)
+        run.log_images("test/mistakes", mistakes, clock.step)
     run.summary(summary)
     if ddp.is_main:
-        print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(data.test)}) after {step} steps")
+        print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(data.test)}) after {clock.step} steps")
 
 
 def prepare_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
@@ -266,4 +263,14 @@ def evaluate(cfg: ClassifyConfig, checkpoint: dict) -> dict:
     return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in metrics.items()}
 
 
-register("classify", ClassifyConfig, train, evaluate)
+register(
+    "classify", ClassifyConfig, train, evaluate,
+    metrics=[
+        {"name": "test/error", "goal": "minimize", "unit": "%", "scale": 100},  # logged as a fraction
+        {"name": "val/error", "goal": "minimize", "unit": "%", "scale": 100},  # with data.val_size > 0
+        {"name": "test/loss", "goal": "minimize", "unit": "nats"},  # cross-entropy
+        {"name": "train/loss", "goal": "minimize", "unit": "nats"},
+        {"name": "train/lr"},
+    ],
+    media=["test/mistakes"],
+)

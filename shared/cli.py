@@ -1,18 +1,25 @@
 """The `pixlab` command: the one place that knows every algorithm.
 
     pixlab train CONFIG [key=value ...]   start a run in runs/<date>-<time>-<name>/
-    pixlab resume RUN_DIR                 continue a run from its latest checkpoint
+    pixlab resume RUN_DIR                 continue a run from its newest intact checkpoint (one process at a time)
     pixlab eval RUN_DIR [key=value ...]   test metrics of a run's latest checkpoint, as JSON (overrides:
                                           how to evaluate, e.g. eval.episodes=30; the run is not changed)
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
-    pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3
+    pixlab bench train [--json]           training images/s of LeNet-5, RAM, VAE, DCGAN, PixelCNN: pixlab's
+                                          trainer path beside a pytorch/examples-style reference loop
+    pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3, and
+                                          each part of our loop timed alone
     pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
+    pixlab bench smoke --device DEVICE [--steps N] [--set TRAINER:KEY=VALUE ...]
+                                          every trainer for N steps on DEVICE (AMP and compile on cuda),
+                                          steps/s each; exit 1 if any failed (shared/smoke.py)
     pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]
                                           mean +/- std learning curves over seeds, a table (report.md, .csv)
                                           and sweep plots, from metrics.jsonl (shared/report.py)
+    pixlab report --wandb-workspace FILE  the W&B workspace layout of the registered algorithms (its panels)
     pixlab sweep SPEC [--workers N] [--backend local|slurm|wandb]
                                           the trials of a W&B-format sweep spec, one run folder each in
-                                          runs/<sweep>/; run it again to resume (shared/sweep.py)
+                                          runs/<sweep>/; run it again to resume (shared/sweep/)
     pixlab reproduce NAME [--budget full|cpu|smoke] [--seeds K]
                                           a published result's sweep, then measured beside published
                                           (configs/reproduce/, shared/reproduce.py); no NAME: the entries;
@@ -21,8 +28,9 @@
 
 Under torchrun (`torchrun --standalone --nproc_per_node N -m shared.cli train ...`) rank 0 writes the run.
 
-Exit status: 0 done; 1 training diverged (sweep, reproduce: a trial failed for good); 2 bad input (config,
-data file, checkpoint, sweep spec), with nothing written; 128 + signal number (130 for SIGINT, 143 for
+Exit status: 0 done; 1 training diverged: a NaN or infinite metric or weight (sweep, reproduce: a trial failed
+for good); 2 bad input (config, data file, checkpoint, run folder, sweep spec) or a run another process is
+writing, with nothing written; 128 + signal number (130 for SIGINT, 143 for
 SIGTERM) after a checkpoint was saved.
 """
 
@@ -31,15 +39,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shared.config import load_config
+from shared.config import REPO, load_config
 from shared.errors import PixlabError
 
-# Importing an algorithm module registers its `algo:` name (shared.config.register).
-ALGORITHM_MODULES = ("shared.classify", "rl.dqn", "rl.ram", "rl.reinforce", "generative.vae", "generative.dcgan", "generative.pixelcnn")
+# An algorithm is a module of these packages that calls `register(...)` at its top level, the last line of
+# every algorithm file (shared/config.py). The CLI finds them by that line instead of a hand-kept list, so a
+# new algorithm is one new file; it reads the files' text instead of importing every module, so the modules
+# that are not algorithms (benchmarks, env wrappers) and their optional dependencies stay out of every command.
+ALGORITHM_PACKAGES = ("shared", "rl", "generative")
+REGISTER_CALL = re.compile(r"^register\(", re.MULTILINE)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -53,9 +66,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.exit_code
 
 
+def algorithm_modules() -> list[str]:
+    """The dotted names of the modules that register an algorithm, package by package, in file-name order."""
+    return [
+        f"{package}.{path.stem}"
+        for package in ALGORITHM_PACKAGES
+        for path in sorted((REPO / package).glob("*.py"))
+        if REGISTER_CALL.search(path.read_text(encoding="utf-8"))
+    ]
+
+
 def import_algorithms() -> None:
     """Register every `algo:` name; a sweep's worker process calls it too."""
-    for module in ALGORITHM_MODULES:
+    for module in algorithm_modules():
         importlib.import_module(module)
 
 
@@ -82,27 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
-    bench.add_argument("target", choices=["classify", "dqn", "pixelcnn"])
+    bench.add_argument("target", choices=["classify", "train", "dqn", "pixelcnn", "smoke"])
+    bench.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="TRAINER:KEY=VALUE",
+        help="smoke: an override for one trainer, e.g. vae:train.batch_size=64 (repeatable)",
+    )
     bench.add_argument("--json", action="store_true", help="print the full report as JSON")
-    bench.add_argument("--models", nargs="+", default=["lenet5", "resnet20"], help="models to time (classify)")
+    bench.add_argument("--models", nargs="+", help="models to time (classify: default lenet5 resnet20; train: default all five)")
+    bench.add_argument("--trainers", nargs="+", help="smoke: the trainers to run (default all)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median is reported")
     bench.add_argument("--steps-scale", type=float, default=1.0, help="multiply the timed steps (e.g. 0.1 for a smoke run)")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    bench.add_argument("--steps", type=int, default=3000, help="agent steps per agent (dqn)")
+    bench.add_argument("--steps", type=int, help="dqn: agent steps per agent (default 3000); smoke: steps per trainer (default 300)")
     bench.add_argument("--learning-starts", type=int, default=1000, help="agent steps before learning (dqn)")
-    bench.add_argument("--compile", action="store_true", help="time our DQN with torch.compile (dqn)")
+    bench.add_argument("--compile", action="store_true", help="dqn: time our DQN with torch.compile; smoke: compile on CPU too")
     bench.add_argument("--batch-size", type=int, default=16, help="images sampled at once (pixelcnn)")
     bench.add_argument("--image-size", type=int, default=28, help="side of the square binary images (pixelcnn)")
     bench.set_defaults(command=cmd_bench)
 
     report = commands.add_parser("report", help="learning curves, a results table and sweep plots from run folders")
-    report.add_argument("runs", nargs="+", type=Path, metavar="RUNS", help="run folders, or folders holding run folders (runs/<sweep>)")
+    report.add_argument("runs", nargs="*", type=Path, metavar="RUNS", help="run folders, or folders holding run folders (runs/<sweep>)")
     report.add_argument("--metric", help="the metric to report, e.g. test/error (default: each algorithm's own)")
     report.add_argument("--group-by", metavar="KEY", help="a dotted config key to group runs by (default: runs that differ only in seed)")
     report.add_argument("--out", type=Path, help="folder for the PNGs, report.md and report.csv (default: reports/<RUNS name>)")
     direction = report.add_mutually_exclusive_group()
     direction.add_argument("--higher-better", dest="higher_better", action="store_true", default=None, help="best = the maximum")
     direction.add_argument("--lower-better", dest="higher_better", action="store_false", help="best = the minimum")
+    report.add_argument("--wandb-workspace", type=Path, metavar="FILE", help="instead: write the W&B workspace layout of every algorithm to FILE (configs/wandb/workspace.yaml)")
     report.set_defaults(command=cmd_report)
 
     sweep = commands.add_parser("sweep", help="run the trials of a sweep spec (W&B sweep format); again: resume it")
@@ -129,14 +158,24 @@ def _add_pool_arguments(parser: argparse.ArgumentParser, backends: Sequence[str]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from shared.run import FollowerRun, Run
+    algorithm, cfg = load_config(args.config, args.overrides)  # every check runs here, before the folder exists
+    return _train(algorithm, cfg, run_dir=None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    algorithm, cfg = _load_run_config(args.run_dir)
+    return _train(algorithm, cfg, run_dir=args.run_dir)
+
+
+def _train(algorithm, cfg, run_dir: Optional[Path]) -> int:
+    """`pixlab train` (run_dir None: a new run folder) and `pixlab resume RUN_DIR`; under torchrun on every rank."""
+    from shared.run import Run
     from shared.train import distributed
 
-    algorithm, cfg = load_config(args.config, args.overrides)
     dist = distributed.init()
     try:
-        with Run.create(cfg, dist=dist) if dist.is_main else FollowerRun(cfg, dist) as run:
-            if dist.is_main:
+        with Run.create(cfg, dist=dist) if run_dir is None else Run.reopen(cfg, run_dir, dist=dist) as run:
+            if run.fresh and dist.is_main:
                 print(f"pixlab: run folder {run.dir}", file=sys.stderr)
             algorithm.train(cfg, run)
     finally:
@@ -144,38 +183,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _exit_status(run)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from shared.run import FollowerRun, Run, latest_checkpoint
-    from shared.train import distributed
-
-    algorithm, cfg = _load_run_config(args.run_dir)
-    dist = distributed.init()
-    if latest_checkpoint(args.run_dir) is None and dist.is_main:
-        print(f"pixlab: {args.run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-    try:
-        with Run.reopen(cfg, args.run_dir, dist=dist) if dist.is_main else FollowerRun(cfg, dist, args.run_dir) as run:
-            algorithm.train(cfg, run)
-    finally:
-        distributed.shutdown()
-    return _exit_status(run)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from shared.checkpoint import load_latest
     from shared.errors import CheckpointError
-    from shared.run import latest_checkpoint, load_checkpoint
 
     algorithm, cfg = _load_run_config(args.run_dir, args.overrides)
-    path = latest_checkpoint(args.run_dir)
-    if path is None:
-        raise CheckpointError(f"{args.run_dir} has no checkpoint to evaluate")
     if algorithm.evaluate is None:
         raise PixlabError(f"algorithm {algorithm.name!r} has no evaluation")
-    metrics = algorithm.evaluate(cfg, load_checkpoint(path))
+    found = load_latest(args.run_dir)
+    if found is None:
+        raise CheckpointError(f"{args.run_dir} has no checkpoint to evaluate")
+    path, checkpoint = found
+    try:
+        metrics = algorithm.evaluate(cfg, checkpoint)
+    except KeyError as e:  # the checkpoint has no state under a name this algorithm reads
+        raise CheckpointError(
+            f"{path} is not a {algorithm.name} checkpoint of {args.run_dir / 'config.yaml'}: it has no {e} state "
+            f"(it holds {', '.join(sorted(checkpoint['state']))})"
+        ) from None
+    except RuntimeError as e:  # load_state_dict: the weights are another architecture's
+        if "state_dict" not in str(e):
+            raise
+        raise CheckpointError(
+            f"{path} does not hold the weights {args.run_dir / 'config.yaml'} (with the overrides) expects: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from None
     print(json.dumps({"checkpoint": str(path)} | metrics, indent=2))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.overrides and args.target != "smoke":
+        raise PixlabError(f"--set {args.overrides} is for `pixlab bench smoke` only")
+    if args.target == "smoke":
+        from shared.smoke import TRAINERS, format_smoke, smoke
+
+        unknown = [t for t in (args.trainers or []) + [o.split(":", 1)[0] for o in args.overrides] if t not in TRAINERS]
+        if unknown or any(":" not in o for o in args.overrides):
+            raise PixlabError(
+                f"smoke: unknown trainers {unknown} or overrides not TRAINER:KEY=VALUE in {args.overrides}; "
+                f"trainers: {', '.join(TRAINERS)}"
+            )
+        steps = 300 if args.steps is None else args.steps
+        if steps < 1:
+            raise PixlabError(f"--steps must be >= 1, got {steps}")
+        report = smoke(args.device, steps, args.trainers or tuple(TRAINERS), args.compile, args.overrides)
+        print(json.dumps(report, indent=2) if args.json else format_smoke(report))
+        return 0 if all(r["ok"] for r in report["results"]) else 1
+    if args.target == "train":
+        from generative.bench import TRAIN_CASES as generative_cases
+        from rl.bench import TRAIN_CASES as rl_cases
+        from shared.bench import LENET5, bench_train, format_train
+
+        cases = {"lenet5": LENET5} | rl_cases | generative_cases
+        unknown = [m for m in args.models or [] if m not in cases]
+        if unknown:
+            raise PixlabError(f"--models: unknown {unknown} for bench train; known: {', '.join(cases)}")
+        chosen = [cases[m] for m in args.models or cases]
+        return _print_report(bench_train(chosen, args.repeats, args.device, args.steps_scale), format_train, args.json)
     if args.target == "pixelcnn":
         from generative.bench import bench_pixelcnn, format_report as format_sampling
 
@@ -187,23 +252,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "dqn":
         from rl.bench import bench_dqn, format_report
 
-        report = bench_dqn(steps=args.steps, learning_starts=args.learning_starts, compile=args.compile)
+        report = bench_dqn(steps=3000 if args.steps is None else args.steps, learning_starts=args.learning_starts, compile=args.compile)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
     from shared.bench import bench_classify, format_table
     from shared.models import MODELS
 
-    unknown = [m for m in args.models if m not in MODELS]
+    models = args.models or ["lenet5", "resnet20"]
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise PixlabError(f"--models: unknown {unknown}; known: {', '.join(sorted(MODELS))}")
-    report = bench_classify(args.models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return _print_report(bench_classify(models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale), format_table, args.json)
+
+
+def _print_report(report: dict, format_text, as_json: bool) -> int:
+    print(json.dumps(report, indent=2) if as_json else format_text(report))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from shared.report import write_report
+    from shared.report import wandb_workspace, write_report
 
+    if args.wandb_workspace is not None:
+        if args.runs:
+            raise PixlabError("--wandb-workspace writes the layout of the registered algorithms; give it no RUNS")
+        args.wandb_workspace.write_text(wandb_workspace())
+        print(f"pixlab: W&B workspace layout written to {args.wandb_workspace}", file=sys.stderr)
+        return 0
+    if not args.runs:
+        raise PixlabError("pixlab report needs RUNS: run folders, or folders holding run folders (runs/<sweep>)")
     out, markdown = write_report(args.runs, args.out, args.metric, args.group_by, args.higher_better)
     print(markdown)
     print(f"pixlab: report written to {out}", file=sys.stderr)

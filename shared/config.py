@@ -6,12 +6,16 @@ OmegaConf does the parsing, merging and type conversion; this module adds the al
 turns OmegaConf's exceptions into one-line `ConfigError`s that name the file (or the override), the
 key, and the valid keys or choices with a "did you mean". Every algorithm config subclasses
 `RunConfig`, so seeding, device, tracking and checkpointing read the same keys everywhere.
+A config is checked whole before anything is written: its `__post_init__` (ranges; every float finite),
+then its `check()` (what needs more than the values, such as gymnasium's env registry); an error names
+the override that set the key, else the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,15 +61,33 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
+        require(self.name not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name, "name",
+                "must be a plain folder name (no '/'); it names the run folder", self.name)
         require(self.checkpoint.every > 0, "checkpoint.every", "must be > 0", self.checkpoint.every)
         require(self.checkpoint.keep_last > 0, "checkpoint.keep_last", "must be > 0", self.checkpoint.keep_last)
         require(self.tracking.log_every > 0, "tracking.log_every", "must be > 0", self.tracking.log_every)
+        require_finite(self)
+
+    def check(self) -> None:
+        """Checks that need more than the values themselves (a registry, a model's input size): `load_config`
+        runs it after `__post_init__`, so `pixlab train` runs it before the run folder exists. Override it."""
 
 
 def require(ok: bool, key: str, what: str, value: Any) -> None:
-    """Range checks for `__post_init__`: raise a ConfigError naming the key unless `ok`."""
+    """Range checks for `__post_init__` and `check`: raise a ConfigError naming the key unless `ok`."""
     if not ok:
-        raise ConfigError(f"{key}={value!r}: {what}")
+        raise ConfigError(f"{key}={value!r}: {what}", key=key)
+
+
+def require_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float of a config dataclass (nested sections and lists included) must be finite: an `inf` or
+    `nan` learning rate, say, would train to a NaN and look like a run."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            require_finite(value, key + ".")
+        for item in value if isinstance(value, list) else [value]:
+            require(not isinstance(item, float) or math.isfinite(item), key, "must be a finite number", value)
 
 
 def require_positive(cfg: Any, *keys: str, optional: Sequence[str] = ()) -> None:
@@ -88,24 +110,91 @@ def require_choice(value: Any, choices: Sequence[str], key: str) -> None:
         )
 
 
+# The checkout's root: a config path in a sweep spec or a reproduce entry is looked up in the current
+# folder, then here; configs/reproduce/ lives here.
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check_keys(node: dict, valid: Sequence[str], source: str, prefix: str) -> None:
+    """For hand-checked YAML (sweep specs, reproduce entries): a ConfigError naming the first key of `node`
+    that is not in `valid`, with a "did you mean"; `prefix` is the dotted path of `node` in `source`."""
+    for key in node:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
+
+
+# The registry. An algorithm is one file that ends with one `register(...)` call: its `algo:` name, its
+# config class and entry points, and what `pixlab report`, `pixlab reproduce` and the W&B workspace need
+# to show its runs (its metrics with their goal and unit, and what its `step` counts). Nothing else in
+# the tree names an algorithm; shared/cli.py finds the files that call `register` (import_algorithms).
+GOALS = ("minimize", "maximize")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric an algorithm logs, as `pixlab report`, `pixlab reproduce` and the W&B workspace show it."""
+
+    name: str  # its key in metrics.jsonl and W&B, e.g. "test/error"
+    goal: Optional[str] = None  # "minimize" or "maximize"; None: not a score (a learning rate, epsilon)
+    unit: str = ""  # the unit of the shown value; "" for a score that has none (an episode return, an FID)
+    scale: float = 1.0  # shown value = logged value * scale (test/error is logged as a fraction, shown in %)
+    once: bool = False  # logged once, in the run's final summary, not along the run
+
+    @property
+    def higher_better(self) -> bool:
+        return self.goal == "maximize"
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """What the CLI needs to run an algorithm: its config class and its entry points."""
+    """What pixlab knows about an algorithm: its config class, its entry points, how to show its runs."""
 
-    name: str
+    name: str  # the `algo:` of its config files; the first W&B tag of its runs
     config: type
     train: Callable[[Any, Any], None]  # train(cfg, run)
     evaluate: Optional[Callable[[Any, dict], dict]] = None  # evaluate(cfg, checkpoint) -> metrics
+    metrics: tuple[Metric, ...] = ()  # in order of preference; see `register`
+    step_unit: str = "optimizer steps"  # what the `step` of its metrics.jsonl counts
+    media: tuple[str, ...] = ()  # the keys of the images and videos it logs
+
+    def metric(self, name: str) -> Optional[Metric]:
+        """The registered metric called `name`, or None."""
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def scores(self) -> list[str]:
+        """The metrics with a goal, in order: `pixlab report` judges runs by the first one some run logged."""
+        return [m.name for m in self.metrics if m.goal is not None]
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register(name: str, config: type, train: Callable, evaluate: Optional[Callable] = None) -> Algorithm:
-    """Make `algo: name` in a config file mean this config class and these functions."""
+def register(
+    name: str,
+    config: type,
+    train: Callable,
+    evaluate: Optional[Callable] = None,
+    *,
+    metrics: Sequence[dict],
+    step_unit: str = "optimizer steps",
+    media: Sequence[str] = (),
+) -> Algorithm:
+    """Make `algo: name` in a config file mean this config class and these functions.
+
+    `metrics` are the keyword arguments of a `Metric` each, in order of preference: `pixlab report` judges
+    the runs by the first one with a goal that some run logged (an algorithm that evaluates only now and
+    then lists its evaluation metric first and a training metric after it), and the W&B workspace draws
+    them in this order. `step_unit` names what the logged `step` counts (agent steps for an RL agent).
+    """
     if not (dataclasses.is_dataclass(config) and issubclass(config, RunConfig)):
         raise TypeError(f"{config!r} must be a dataclass subclassing RunConfig")
-    ALGORITHMS[name] = Algorithm(name, config, train, evaluate)
+    described = tuple(Metric(**m) for m in metrics)
+    for m in described:
+        if m.goal not in (*GOALS, None):
+            raise TypeError(f"register({name!r}): metric {m.name!r} has goal={m.goal!r}; valid: {', '.join(GOALS)}, None")
+    if not any(m.goal for m in described):
+        raise TypeError(f"register({name!r}) needs a metric with a goal: the one `pixlab report` judges its runs by")
+    ALGORITHMS[name] = Algorithm(name, config, train, evaluate, described, step_unit, tuple(media))
     return ALGORITHMS[name]
 
 
@@ -128,8 +217,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Algori
         merged = _merge(merged, _parse_overrides([text]), f"override '{text}'")
     try:
         cfg = OmegaConf.to_object(merged)
-    except ConfigError as e:  # a range check in __post_init__
-        raise ConfigError(f"{path}: {e}") from None
+        cfg.check()
+    except ConfigError as e:  # a range check in __post_init__ or check(): blame the override that set the key
+        setters = [text for text in overrides if e.key and _sets(text.split("=", 1)[0].strip(), e.key)]
+        source = f"override '{setters[-1]}'" if setters else str(path)
+        raise ConfigError(f"{source}: {e}", key=e.key) from None
     return algorithm, cfg
 
 
@@ -169,11 +261,30 @@ def _parse_overrides(overrides: Sequence[str]) -> dict:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(e)}") from None
 
 
+def _sets(override_key: str, key: str) -> bool:
+    """Whether an override of `override_key` sets `key` (itself, or the section holding it)."""
+    return key == override_key or key.startswith(override_key + ".")
+
+
 def _merge(base: DictConfig, layer: dict, source: str) -> DictConfig:
+    _check_sections(base, layer, source)
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as e:
         raise _explain(e, base, layer, source) from None
+
+
+def _check_sections(schema: DictConfig, layer: dict, source: str, prefix: str = "") -> None:
+    """A scalar where the schema has a section (`data: 5`): OmegaConf's message names no key, so name it here."""
+    for key, value in layer.items():
+        node = schema.get(key) if key in schema else None
+        if not isinstance(node, DictConfig):
+            continue
+        if isinstance(value, dict):
+            _check_sections(node, value, source, f"{prefix}{key}.")
+        elif value is not None:
+            keys = ", ".join(sorted(str(k) for k in node.keys()))
+            raise ConfigError(f"{source}: '{prefix}{key}' is a section, not a value ({value!r}); give it keys: {keys}")
 
 
 def _explain(error: OmegaConfBaseException, schema: DictConfig, layer: dict, source: str) -> ConfigError:

@@ -10,12 +10,16 @@ What it does, top to bottom:
 1. Runs. Each RUNS path is a run folder (config.yaml + metrics.jsonl) or a folder searched recursively
    for run folders (runs/, runs/<sweep>/ with its trials).
 2. Sections. Runs are split by algorithm (`algo:` of config.yaml). A section reports one metric:
-   --metric, or the algorithm's default (DEFAULT_METRICS: the first of its candidates some run logged).
-   Runs of a section that never logged the metric are left out, with a note on stderr.
+   --metric, or the algorithm's default: the first metric with a goal, in the order its `register()` call
+   lists them, that some run logged. Runs of a section that never logged the metric are left out, with a
+   note on stderr. A line of metrics.jsonl that is not UTF-8 JSON is skipped with a warning naming the
+   file and the line.
 3. Series. A run's series is the (step, value) pairs of the metric in its step records; the x axis is the
-   `step` the trainer logs (agent steps for DQN and REINFORCE, optimizer steps for the others). A step
-   logged twice keeps its later value. A metric found only in the final summary record (the VAE's
-   test/nll_nats, an IWAE bound computed once) is one point at the run's last step.
+   `step` the trainer logs (what it counts is the algorithm's registered step unit: agent steps for DQN and
+   REINFORCE, optimizer steps for the others). A step logged twice keeps its later value. A metric found
+   only in the final summary record (the VAE's test/nll_nats, an IWAE bound computed once) is one point at
+   the run's last step. A value logged as NaN or Infinity (a diverged run) is kept and reported as not
+   finite, with a warning naming the run and the first such step.
 4. Groups. Runs whose configs are equal apart from the IGNORED keys (seed, name, runs_dir, device,
    tracking.*, checkpoint.*) are the seeds of one group; `--group-by key.path` groups by that key's
    value instead. A group is labelled by the config keys whose values differ between groups.
@@ -26,7 +30,8 @@ What it does, top to bottom:
    mean over all n seeds, nothing is extrapolated, and the curve ends where the shortest seed ended.
    Seeds that share no step range at all (one point each at different steps) are drawn one by one.
 6. Table. Per group: seeds, final value (each run's last logged value; mean +/- std over seeds), best
-   value (each run's min or max, by the metric's direction; mean +/- std), and the runs' last steps.
+   value (each run's min or max of its finite values, by the metric's direction; mean +/- std), and the
+   runs' last steps. A group with a value that is not finite shows each run's value instead of a mean.
    Written as report.md (also printed; 4 significant digits) and report.csv (full precision, in the
    metric's unit; a group of one run has no std, left blank).
 7. Sweep. The config keys (IGNORED excepted) whose values differ between a section's runs are its swept
@@ -34,20 +39,24 @@ What it does, top to bottom:
    parameter; a log x axis for positive numbers that span two decades or more. Drawn when 1 to
    MAX_SWEPT keys differ: runs that differ in more are unrelated experiments, not a sweep.
 
-Units: METRICS gives each known metric its direction and unit; values are shown in that unit (test/error,
-logged as a fraction, is shown in %). A metric not listed is lower-is-better unless its name says
-return, reward, hns, accuracy or is_ (a score); --higher-better / --lower-better override the direction.
+Units: each algorithm's `register()` call (shared/config.py, `Metric`) gives its metrics their goal, unit
+and scale; values are shown in that unit (test/error, logged as a fraction, is shown in %). A metric it
+does not list is lower-is-better unless its name says return, reward, hns, accuracy or is_ (a score);
+--higher-better / --lower-better override the direction.
 
-Bad input (a path with no run folders, a metric no run logged, a --group-by key a run's config lacks)
-raises PixlabError, which the CLI turns into exit status 2; it is checked before anything is written.
+`wandb_workspace()` is the same choice of metrics as a W&B workspace layout: configs/wandb/workspace.yaml,
+written by `pixlab report --wandb-workspace configs/wandb/workspace.yaml`.
+
+Bad input (a path with no run folders, a run's config.yaml that is not a YAML mapping, a metric no run
+logged, a --group-by key a run's config lacks) raises PixlabError, which the CLI turns into exit status 2; it is checked before anything is written.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,52 +65,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import yaml
 
-from shared.config import did_you_mean
+from shared.config import ALGORITHMS, Metric, did_you_mean
 from shared.errors import PixlabError
 from shared.tracking import read_metrics
 
-# name: (higher is better, unit, factor from the logged value to that unit)
-METRICS: dict[str, tuple[bool, str, float]] = {
-    "test/error": (False, "%", 100.0),
-    "val/error": (False, "%", 100.0),
-    "test/loss": (False, "nats", 1.0),
-    "test/nll": (False, "nats", 1.0),
-    "test/nll_nats": (False, "nats/image", 1.0),
-    "test/nll_bits_per_dim": (False, "bits/dim", 1.0),
-    "test/bits_per_dim": (False, "bits/dim", 1.0),
-    "test/elbo_nats": (False, "-ELBO, nats/image", 1.0),
-    "eval/return": (True, "episode return", 1.0),
-    "eval/hns": (True, "% of human", 1.0),
-    "train/episode_return": (True, "episode return", 1.0),
-    "train/return_100": (True, "episode return, mean of last 100", 1.0),
-    "samples/fid_lenet": (False, "LeNet-FID", 1.0),
-    "samples/is_lenet": (True, "LeNet-IS", 1.0),
-    "train/loss": (False, "loss", 1.0),
-}
-# train/loss is a different quantity in each trainer; its unit there.
-TRAIN_LOSS_UNITS = {
-    "classify": "cross-entropy, nats",
-    "ram": "hybrid loss",
-    "pixelcnn": "nats/image",
-    "vae": "-ELBO, nats/image",
-    "dqn": "Huber TD loss",
-    "reinforce": "policy-gradient surrogate + value loss",
-}
 HIGHER_IS_BETTER_WORDS = ("return", "reward", "hns", "accuracy", "is_")
-
-# The metric each algorithm is judged by; the first one some run logged is taken. The VAE's IWAE
-# test/nll_nats is computed once, at the end: its curve is test/elbo_nats (ask for the NLL with --metric).
-DEFAULT_METRICS = {
-    "classify": ("test/error",),
-    "ram": ("test/error",),
-    "dqn": ("eval/return", "train/episode_return"),
-    "reinforce": ("eval/return", "train/return_100"),
-    "pixelcnn": ("test/nll_nats",),
-    "vae": ("test/elbo_nats", "test/nll_nats"),
-    "dcgan": ("samples/fid_lenet",),
-}
-FALLBACK_METRICS = ("test/error", "eval/return", "train/loss")
-STEP_UNITS = {"dqn": "agent steps", "reinforce": "agent steps"}  # the others: optimizer steps
+FALLBACK_METRICS = ("test/error", "eval/return", "train/loss")  # for runs of an algorithm not registered here
 
 # Config keys that do not make two runs different experiments.
 IGNORED_KEYS = {"seed", "name", "runs_dir", "device"}
@@ -123,7 +92,8 @@ class RunRecord:
         return str(self.config.get("algo") or "unknown")
 
     def series(self, metric: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        """(steps, values) of `metric` in step order, or None when the run never logged it."""
+        """(steps, values) of `metric` in step order, or None when the run never logged it. Values that are
+        not finite (a diverged run logs Infinity or NaN) are kept."""
         by_step = {r["step"]: r[metric] for r in self.records if _is_number(r.get(metric))}
         if not by_step and _is_number(self.summary.get(metric)):
             last = self.summary.get("train/steps", max((r["step"] for r in self.records), default=0))
@@ -140,18 +110,6 @@ class RunRecord:
 
 
 @dataclass
-class Metric:
-    name: str
-    higher_better: bool
-    unit: str
-    scale: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.unit})" if self.unit else self.name
-
-
-@dataclass
 class Group:
     label: str
     runs: list[RunRecord]
@@ -161,7 +119,9 @@ class Group:
         return np.array([values[-1] for _, values in self.series])
 
     def bests(self, higher_better: bool) -> np.ndarray:
-        return np.array([values.max() if higher_better else values.min() for _, values in self.series])
+        """Each run's best finite value (NaN for a run with none)."""
+        finite = [values[np.isfinite(values)] for _, values in self.series]
+        return np.array([np.nan if len(v) == 0 else v.max() if higher_better else v.min() for v in finite])
 
     def last_steps(self) -> list[int]:
         return [int(steps[-1]) for steps, _ in self.series]
@@ -198,8 +158,18 @@ def find_runs(paths: Sequence[Path]) -> list[RunRecord]:
 
 
 def read_run(folder: Path) -> RunRecord:
-    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-    records = read_metrics(folder / "metrics.jsonl")
+    """A run folder's config and records; lines of metrics.jsonl that cannot be read are skipped with a warning."""
+    path = folder / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise PixlabError(f"cannot read the run's config {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise PixlabError(f"{path} must hold a mapping of config keys, not {type(config).__name__}")
+    try:
+        records = read_metrics(folder / "metrics.jsonl", warn=_warn)
+    except OSError as e:
+        raise PixlabError(f"cannot read {folder / 'metrics.jsonl'}: {e.strerror}") from None
     summary: dict = {}
     for record in records:
         summary.update(record.get("summary", {}))
@@ -235,6 +205,8 @@ def build_sections(
         if not kept:
             continue
         described = describe_metric(name, algo, higher_better)
+        for run in kept:
+            _warn_not_finite(run, name)
         seed_groups = group_runs(kept, None, described)
         groups = seed_groups if group_by is None else group_runs(kept, group_by, described)
         swept = differing_keys(kept)
@@ -244,11 +216,20 @@ def build_sections(
 
 
 def describe_metric(name: str, algo: str, higher_better: Optional[bool] = None) -> Metric:
-    """Direction, unit and scale of a metric (METRICS, else guessed from its name); `higher_better` overrides."""
-    known_higher, unit, scale = METRICS.get(name, (any(w in name for w in HIGHER_IS_BETTER_WORDS), "", 1.0))
-    if name == "train/loss":
-        unit = TRAIN_LOSS_UNITS.get(algo, unit)
-    return Metric(name, known_higher if higher_better is None else higher_better, unit, scale)
+    """Goal, unit and scale of a metric, as `algo` registered it (else the goal guessed from its name and no
+    unit); `higher_better` overrides the goal."""
+    registered = ALGORITHMS[algo].metric(name) if algo in ALGORITHMS else None
+    metric = registered or Metric(name)
+    if higher_better is None and metric.goal is None:
+        higher_better = any(w in name for w in HIGHER_IS_BETTER_WORDS)
+    if higher_better is not None:
+        metric = dataclasses.replace(metric, goal="maximize" if higher_better else "minimize")
+    return metric
+
+
+def metric_label(metric: Metric) -> str:
+    """'test/error (%)': the name and the unit of the values shown."""
+    return f"{metric.name} ({metric.unit})" if metric.unit else metric.name
 
 
 def group_runs(runs: list[RunRecord], group_by: Optional[str], metric: Metric) -> list[Group]:
@@ -331,12 +312,13 @@ def write_report(
 
     parts = [f"# pixlab report\n\nRuns from: {', '.join(str(p) for p in paths)} ({len(runs)} run folders).\n"]
     rows = []
-    for section in sections:
-        images = [plot_curves(section, out / f"curves-{section.slug}.png")]
-        if section.swept:
-            images.append(plot_sweep(section, out / f"sweep-{section.slug}.png"))
-        parts.append(markdown_section(section, [p.name for p in images]))
-        rows += csv_rows(section)
+    with np.errstate(invalid="ignore", over="ignore"):  # means and stds of a diverged run's inf and NaN
+        for section in sections:
+            images = [plot_curves(section, out / f"curves-{section.slug}.png")]
+            if section.swept:
+                images.append(plot_sweep(section, out / f"sweep-{section.slug}.png"))
+            parts.append(markdown_section(section, [p.name for p in images]))
+            rows += csv_rows(section)
     markdown = "\n".join(parts)
     (out / "report.md").write_text(markdown)
     with open(out / "report.csv", "w", newline="") as f:
@@ -350,7 +332,7 @@ def markdown_section(section: Section, images: list[str]) -> str:
     m = section.metric
     direction = "higher is better" if m.higher_better else "lower is better"
     lines = [
-        f"## {section.algo}: {m.label}, {direction}\n",
+        f"## {section.algo}: {metric_label(m)}, {direction}\n",
         f"| group | seeds | final {m.name} | best {m.name} ({'max' if m.higher_better else 'min'}) | last step |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
@@ -385,20 +367,20 @@ def plot_curves(section: Section, path: Path) -> Path:
     fig = Figure(figsize=(9, 5.5), dpi=120, layout="constrained")
     ax = fig.add_subplot()
     for g in section.groups:
-        steps, mean, std = mean_curve(g.series)
+        steps, mean, std = (_finite(a) for a in mean_curve(g.series))  # a diverged run's values: gaps
         if len(steps) == 0:  # the seeds share no step range: each drawn alone, in the group's colour
             color = None
             for i, (run_steps, values) in enumerate(g.series):
                 label = f"{g.label} (n={len(g.runs)}, no common steps)" if i == 0 else None
-                (line,) = ax.plot(run_steps, values, marker="o", markersize=4, linewidth=1.0, color=color, alpha=0.7, label=label)
+                (line,) = ax.plot(run_steps, _finite(values), marker="o", markersize=4, linewidth=1.0, color=color, alpha=0.7, label=label)
                 color = line.get_color()
             continue
         marker = "o" if len(steps) <= 30 else None
         (line,) = ax.plot(steps, mean, marker=marker, markersize=4, linewidth=1.6, label=f"{g.label} (n={len(g.runs)})")
         if len(g.runs) > 1:
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel(f"step ({STEP_UNITS.get(section.algo, 'optimizer steps')})")
-    ax.set_ylabel(section.metric.label)
+    ax.set_xlabel(f"step ({ALGORITHMS[section.algo].step_unit if section.algo in ALGORITHMS else 'steps'})")
+    ax.set_ylabel(metric_label(section.metric))
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_title(f"{section.algo}: {section.metric.name}, mean ± std over seeds")
     ax.grid(alpha=0.3)
@@ -414,7 +396,7 @@ def plot_sweep(section: Section, path: Path) -> Path:
     keys = list(section.swept)
     fig = Figure(figsize=(4.8 * len(keys), 4.5), dpi=120, layout="constrained")
     finals = [g.finals() for g in section.sweep_groups]
-    means, stds = [f.mean() for f in finals], [_std(f) or 0.0 for f in finals]
+    means, stds = _finite(np.array([f.mean() for f in finals])), _finite(np.array([_std(f) or 0.0 for f in finals]))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(1, len(keys), i + 1)
         values = section.swept[key]
@@ -428,12 +410,49 @@ def plot_sweep(section: Section, path: Path) -> Path:
             ax.set_xticks(range(len(categories)), categories)
         ax.errorbar(xs, means, yerr=stds, fmt="o", capsize=4, markersize=6)
         ax.set_xlabel(key)
-        ax.set_ylabel(f"final {section.metric.label}")
+        ax.set_ylabel(f"final {metric_label(section.metric)}")
         ax.set_title(f"final {section.metric.name} vs {key}", fontsize=10)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{section.algo}: each point one configuration, mean ± std over its seeds", fontsize=10)
     fig.savefig(path)
     return path
+
+
+# --------------------------------------------------------------------- the W&B workspace
+WORKSPACE_HEADER = """\
+# The standard W&B workspace of the `pixlab` project: one section per algorithm, filtered on the algorithm's
+# tag; its panels are the metrics its `register()` call lists (shared/config.py), in that order: the first
+# with a `best` is the one `pixlab report` judges it by. Generated: `pixlab report --wandb-workspace <this file>` after
+# registering an algorithm (tests/test_report.py checks that it is current). README.md beside it explains
+# it; build it by hand in the W&B UI, or with a script on the `wandb-workspaces` package (not a dependency).
+#
+# panel types: line (a metric against Step; unit "x100 = %": shown x100 by `pixlab report`, logged as is),
+#              media (the latest images or video of a key), runs_table (values written once, at the end)
+"""
+WORKSPACE_SETTINGS = {
+    "project": "pixlab",
+    "x_axis": "Step",  # the `step` each trainer logs; its unit is the algorithm's registered step unit
+    "grouping": {"group_by": "Group", "aggregate": "mean", "range": "stddev"},  # as `pixlab report` draws it
+    "smoothing": "none",
+}
+
+
+def wandb_workspace() -> str:
+    """configs/wandb/workspace.yaml: the W&B workspace layout of every registered algorithm, as YAML."""
+    sections = []
+    for name in sorted(ALGORITHMS):
+        algorithm = ALGORITHMS[name]
+        panels = []
+        for m in (m for m in algorithm.metrics if not m.once):
+            unit = m.unit if m.scale == 1 else f"x{m.scale:g} = {m.unit}"
+            best = {"maximize": "max", "minimize": "min"}.get(m.goal)
+            panels.append({"type": "line", "metric": m.name} | ({"unit": unit} if unit else {}) | ({"best": best} if best else {}))
+        once = [m.name for m in algorithm.metrics if m.once]
+        panels += [{"type": "runs_table", "columns": once}] if once else []
+        panels += [{"type": "media", "key": key} for key in algorithm.media]
+        sections.append({"name": name, "step": algorithm.step_unit, "filter": {"tags": [name]}, "panels": panels})
+    body = yaml.safe_dump(WORKSPACE_SETTINGS | {"sections": sections}, sort_keys=False, default_flow_style=None, width=120)
+    return WORKSPACE_HEADER + "\n" + body
 
 
 # --------------------------------------------------------------------- small helpers
@@ -443,7 +462,8 @@ def use_log_axis(values: list[Any]) -> bool:
 
 
 def _default_metric(algo: str, runs: list[RunRecord]) -> str:
-    candidates = DEFAULT_METRICS.get(algo, FALLBACK_METRICS)
+    """The first of the algorithm's scores (its registered metrics with a goal) that some run logged."""
+    candidates = ALGORITHMS[algo].scores() if algo in ALGORITHMS else FALLBACK_METRICS
     logged = set().union(*(run.logged() for run in runs))
     return next((m for m in candidates if m in logged), candidates[0])
 
@@ -453,7 +473,26 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or a float, finite or not (json reads a logged inf or NaN as a float)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """`values` with inf and -inf made NaN, which matplotlib leaves out of lines and axis limits."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def _warn(message: str) -> None:
+    print(f"pixlab report: {message}", file=sys.stderr)
+
+
+def _warn_not_finite(run: RunRecord, metric: str) -> None:
+    """A warning naming the run and the first step at which `metric` was not finite."""
+    steps, values = run.series(metric)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        _warn(f"{run.dir}: {metric} is not finite ({values[first]}) from step {int(steps[first])} on: the run diverged")
 
 
 def _is_scalar(value: Any) -> bool:
@@ -475,6 +514,9 @@ def _std(values: np.ndarray) -> Optional[float]:
 
 
 def _mean_std(values: np.ndarray) -> str:
+    """'0.05 ± 0.01'; when a value is not finite, each run's value: 'not finite (inf, 0.05)'."""
+    if not np.isfinite(values).all():
+        return f"not finite ({', '.join(f'{v:.4g}' for v in values)})"
     std = _std(values)
     return f"{values.mean():.4g}" if std is None else f"{values.mean():.4g} ± {std:.2g}"
 

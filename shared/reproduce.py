@@ -10,12 +10,15 @@ An entry is a file configs/reproduce/<name>.yaml:
     model: LeNet-5
     task: MNIST test error
     config: configs/classify/lenet5_mnist.yaml
-    metric: {name: test/error, scale: 100, unit: "%", goal: minimize}   # the trainer's summary key, shown x scale
-    published: {value: 0.95, source: "LeCun et al. 1998 ..."}          # value in the shown unit; null + text if none
+    metric: {name: test/error, decimals: 2}      # a summary key of the trainer, shown with 2 decimals
+    published: {value: 0.95, source: "LeCun et al. 1998 ..."}   # value in the shown unit; null + text if none
     budgets:
       full:  {seeds: 3, overrides: [], about: the paper's protocol}
       cpu:   {seeds: 3, overrides: [...], about: what a 2-core CPU does in a session}
       smoke: {seeds: 2, overrides: [...], about: seconds, for tests}
+
+The metric's goal, unit and scale are the ones the config's algorithm registered (shared/config.py,
+`register`): test/error is logged as a fraction and shown in %.
 
 A budget is overrides on the entry's config (or on its own `config:`). `full` is the paper's protocol
 as far as the config can state it, `cpu` what this project's 2-core machine does in well under the
@@ -24,7 +27,7 @@ read the built-in `digits` set (the RAM, VAE and DCGAN trainers read MNIST only,
 need the MNIST files).
 
 How it runs: the entry and budget become a grid sweep spec with no parameters, the budget's overrides
-and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/sweep.py runs it:
+and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/sweep/ runs it:
 the same checks before anything is written, one run folder per seed, retries, and resume, so running the
 command again continues a cut-short cpu budget from its checkpoints. Then the metric is read from each
 seed's final summary in metrics.jsonl; measured is the mean +/- the sample standard deviation over
@@ -43,15 +46,17 @@ from typing import Any, Optional
 
 import yaml
 
+from shared.atomic import atomic_write_text
+from shared.config import REPO, Metric, check_keys, did_you_mean, load_config
 from shared.errors import ConfigError
-from shared.run import atomic_write_text, git_state
-from shared.config import did_you_mean
-from shared.sweep import REPO, TrialFunction, check_keys, parse_spec, read_summary, run_sweep
+from shared.provenance import git_state
+from shared.sweep import TrialFunction, parse_spec, resolve_config_path, run_sweep
+from shared.tracking import read_summary
 
 ENTRIES = REPO / "configs" / "reproduce"
 BUDGETS = ("full", "cpu", "smoke")
 ENTRY_KEYS = ("model", "task", "config", "metric", "published", "budgets", "slurm")
-METRIC_KEYS = ("name", "scale", "unit", "goal", "decimals")
+METRIC_KEYS = ("name", "decimals")
 PUBLISHED_KEYS = ("value", "source", "text")
 BUDGET_KEYS = ("seeds", "overrides", "about", "config")
 
@@ -71,15 +76,16 @@ class Entry:
     model: str
     task: str
     config: str
-    metric: dict
+    metric: Metric  # as the config's algorithm registered it
+    decimals: int
     published: dict
     budgets: dict[str, Budget]
     slurm: dict = field(default_factory=dict)
 
     def shown(self, value: float) -> str:
-        """A metric value in the entry's unit and precision: 0.95%, 81.30 nats, 18.9."""
-        unit = self.metric.get("unit", "")
-        return f"{value:.{self.metric.get('decimals', 2)}f}{unit if unit in ('%', '') else ' ' + unit}"
+        """A metric value in its unit and the entry's precision: 0.95%, 81.30 nats/image, 18.9."""
+        unit = self.metric.unit
+        return f"{value:.{self.decimals}f}{unit if unit in ('%', '') else ' ' + unit}"
 
 
 def entry_names() -> list[str]:
@@ -104,7 +110,22 @@ def load_entry(name: str) -> Entry:
     for budget, body in raw["budgets"].items():
         _require_keys(body, BUDGET_KEYS, ("seeds", "overrides", "about"), str(path), f"budgets.{budget}.")
         budgets[budget] = Budget(int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config"))
-    return Entry(name, path, raw["model"], raw["task"], raw["config"], raw["metric"], raw["published"], budgets, raw.get("slurm") or {})
+    metric = _registered_metric(raw["config"], raw["metric"]["name"], path)
+    decimals = raw["metric"].get("decimals", 2)
+    return Entry(name, path, raw["model"], raw["task"], raw["config"], metric, decimals, raw["published"], budgets, raw.get("slurm") or {})
+
+
+def _registered_metric(config: str, name: str, path: Path) -> Metric:
+    """The metric `name` as the algorithm of `config` registered it: its goal, unit and scale."""
+    algorithm, _ = load_config(resolve_config_path(config, str(path)))
+    metric = algorithm.metric(name)
+    if metric is None or metric.goal is None:
+        scores = algorithm.scores()
+        raise ConfigError(
+            f"{path}: metric.name={name!r} is not a score that algorithm {algorithm.name!r} registers"
+            f"{did_you_mean(name, scores)}; its scores: {', '.join(scores)}"
+        )
+    return metric
 
 
 def _require_keys(node: Any, valid: tuple, required: tuple, source: str, prefix: str) -> None:
@@ -117,12 +138,12 @@ def _require_keys(node: Any, valid: tuple, required: tuple, source: str, prefix:
 
 
 def sweep_spec(entry: Entry, budget: str, seeds: Optional[int] = None):
-    """The sweep behind an entry's budget, checked by shared/sweep.py like any sweep spec."""
+    """The sweep behind an entry's budget, checked by shared/sweep/ like any sweep spec."""
     b = entry.budgets[budget]
     raw = {
         "name": f"reproduce-{entry.name}-{budget}",
         "method": "grid",
-        "metric": {"name": entry.metric["name"], "goal": entry.metric.get("goal", "minimize")},
+        "metric": {"name": entry.metric.name, "goal": entry.metric.goal},
         "config": b.config or entry.config,
         "overrides": b.overrides,
         "seeds": seeds or b.seeds,
@@ -162,9 +183,8 @@ def reproduce(
 
 def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] = None) -> dict:
     """The entry's metric over the finished seeds: values, mean, std, difference, wall time, command."""
-    scale = entry.metric.get("scale", 1)
-    finished = [(t["seed"], read_summary(t["run_dir"]).get(entry.metric["name"]), t["wall_time"]) for t in trials if t["status"] == "done"]
-    scored = [(seed, value * scale, wall) for seed, value, wall in finished if value is not None]
+    finished = [(t["seed"], read_summary(t["run_dir"]).get(entry.metric.name), t["wall_time"]) for t in trials if t["status"] == "done"]
+    scored = [(seed, value * entry.metric.scale, wall) for seed, value, wall in finished if value is not None]
     values = [v for _, v, _ in scored]
     mean = statistics.fmean(values) if values else None
     std = statistics.stdev(values) if len(values) > 1 else None
@@ -175,7 +195,7 @@ def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] 
         "entry": entry.name,
         "model": entry.model,
         "task": entry.task,
-        "metric": entry.metric["name"],
+        "metric": entry.metric.name,
         "budget": budget,
         "about": entry.budgets[budget].about,
         "seeds": [seed for seed, _, _ in scored],
@@ -201,7 +221,7 @@ def format_measured(entry: Entry, m: dict) -> str:
     if m["mean"] is None:
         return f"not measured (0 of {m['trials']} seeds finished)"
     spread = "" if m["std"] is None else f" ± {entry.shown(m['std'])}"
-    each = ", ".join(f"{v:.{entry.metric.get('decimals', 2)}f}" for v in m["values"])
+    each = ", ".join(f"{v:.{entry.decimals}f}" for v in m["values"])
     partial = "" if len(m["values"]) == m["trials"] else f"; {len(m['values'])} of {m['trials']} seeds finished"
     return f"{entry.shown(m['mean'])}{spread} ({each}; seeds {', '.join(map(str, m['seeds']))}{partial})"
 

@@ -1,49 +1,57 @@
-"""A run: its folder under runs/, seeding, checkpoints, resume and signal handling.
+"""A run: its folder under runs/, its lock, seeding, checkpoints, resume and signal handling.
 
     runs/<YYYYmmdd>-<HHMMSS>-<name>/
         config.yaml      the resolved config; `pixlab resume` reads it back
         meta.json        git commit and dirty flag, package versions, device, command line, seed, resumes
         metrics.jsonl    one JSON record per line (shared/tracking.py)
-        checkpoints/     step-<step>.pt, written atomically, the last `checkpoint.keep_last` kept
+        checkpoints/     step-<step>.pt (shared/checkpoint.py), written atomically, the last `checkpoint.keep_last` kept
         media/           image grids, videos
         wandb/           the W&B run, when W&B is on
+        .lock            flock-ed by the one process that writes the run, and holding its PID
 
-An algorithm sees a `Run` only through: `run.device`, `run.log(...)`, `run.restore(objects)`,
-`run.save(step, objects, counters)`, `run.should_stop` and `run.check_finite(...)`. Checkpoints hold
-the state dicts of the objects, the algorithm's counters and every RNG state, so a resumed run on CPU
-continues bit for bit. They are read with `torch.load(weights_only=True)`: a file that carries any
-pickled object other than tensors and plain containers is refused, and nothing in it runs.
+A folder is filled under a temporary name and renamed into place once config.yaml and meta.json are in it,
+so a run folder is whole or absent. One process writes a run at a time: a second one is refused, naming
+the first; the kernel drops the lock of a process that died, so a later resume takes it over.
+
+An algorithm sees a `Run` only through: `run.device`, `run.log(...)`, `run.restore(objects)` (once),
+`run.save(step, objects, counters)`, `run.should_stop` and `run.check_finite(...)`. Checkpoints hold the
+state dicts of the objects, the algorithm's counters and every RNG state (shared/rng.py), so a resumed run
+on CPU continues bit for bit. A run never ends well with a NaN or an infinity: a non-finite metric, or
+non-finite weights at a save, stop it with exit status 1, naming its last checkpoint (whose weights are
+then finite, since none other is written). Under torchrun, ranks other than 0 train in step with rank 0,
+read its checkpoints and write nothing.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
+import itertools
 import json
 import math
 import os
 import platform
-import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 
+from shared.atomic import atomic_torch_save, atomic_write_text, fsync_dir, remove_temporaries, temporary_name
+from shared.checkpoint import CHECKPOINT_FORMAT, first_non_finite, latest_checkpoint, list_checkpoints, load_latest
+from shared.checkpoint import load_checkpoint  # noqa: F401  (trainers and tests import it from here)
 from shared.config import to_dict, to_yaml
-from shared.errors import CheckpointError, NonFiniteLossError, PixlabError
+from shared.errors import CheckpointError, NonFiniteLossError, PixlabError, RunFolderError
+from shared.provenance import describe_device, git_state, package_versions
+from shared.rng import capture_rng, restore_rng, seed_everything
 from shared.tracking import Tracker
 from shared.train.device import select_device
 from shared.train.distributed import Distributed
-
-CHECKPOINT_FORMAT = 1
-PACKAGES = ("torch", "numpy", "gymnasium", "ale-py", "wandb", "omegaconf", "pixlab")
-
 
 class Stateful(Protocol):
     def state_dict(self) -> dict: ...
@@ -53,16 +61,32 @@ class Stateful(Protocol):
 class Run:
     """A run folder with its tracker, checkpoints and signal handling. Use it as a context manager."""
 
-    def __init__(self, cfg: Any, directory: Path, meta: dict, fresh: bool, dist: Distributed = Distributed()):
+    def __init__(
+        self,
+        cfg: Any,
+        directory: Optional[Path],
+        meta: dict,
+        fresh: bool,
+        dist: Distributed = Distributed(),
+        lock: Optional[RunLock] = None,
+        checkpoint: Optional[tuple[Path, dict]] = None,
+        resume: Optional[dict] = None,
+    ):
         self.cfg = cfg
-        self.dir = Path(directory)
+        self.dir = None if directory is None else Path(directory)  # None: a rank > 0 of a new run
         self.meta = meta
         self.fresh = fresh
         self.dist = dist
         self.device = dist.device(select_device(cfg.device))
         self.stop_signal: Optional[int] = None
+        self._lock = lock
+        self._checkpoint = checkpoint  # (path, contents) that `restore` loads
+        self._resume = resume  # the meta.json entry of this resume, written once `restore` succeeds
         self._saved_any = False
         self._old_handlers: dict[int, Any] = {}
+        if not dist.is_main:
+            self.tracker = NullTracker()
+            return
         self.tracker = Tracker(
             self.dir,
             cfg.tracking,
@@ -78,18 +102,11 @@ class Run:
     # ----------------------------------------------------------------- making and reopening
     @classmethod
     def create(cls, cfg: Any, argv: Optional[list[str]] = None, dist: Distributed = Distributed()) -> "Run":
-        """Make a new run folder for `cfg` (already validated) and seed python, numpy and torch."""
+        """Make a new run folder for `cfg` (already validated), lock it, and seed python, numpy and torch."""
         device = select_device(cfg.device)  # fail on a missing device before anything is written
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        root = Path(cfg.runs_dir)
-        directory = root / f"{stamp}-{cfg.name}"
-        suffix = 1
-        while directory.exists():
-            directory = root / f"{stamp}-{cfg.name}-{suffix}"
-            suffix += 1
-        (directory / "checkpoints").mkdir(parents=True)
-        (directory / "media").mkdir()
-        atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+        if not dist.is_main:
+            seed_everything(cfg.seed)
+            return cls(cfg, None, {}, fresh=True, dist=dist)
         meta = {
             "name": cfg.name,
             "algo": cfg.algo,
@@ -105,43 +122,64 @@ class Run:
             "world_size": dist.world_size,
             "resumes": [],
         }
-        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
+        directory, lock = _make_folder(cfg, meta)
         seed_everything(cfg.seed)
         try:
-            return cls(cfg, directory, meta, fresh=True, dist=dist)
+            return cls(cfg, directory, meta, fresh=True, dist=dist, lock=lock)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
+            lock.release()
             raise
 
     @classmethod
     def reopen(cls, cfg: Any, directory: Path, argv: Optional[list[str]] = None, dist: Distributed = Distributed()) -> "Run":
-        """Open an existing run folder to continue it; `restore` then loads its latest checkpoint."""
+        """Open an existing run folder to continue it from its newest intact checkpoint (`restore` loads it).
+
+        Everything that can refuse the resume (the lock, meta.json, metrics.jsonl, the checkpoint) is read
+        here, before the tracker opens; the resume is recorded in meta.json only once `restore` succeeds.
+        """
         directory = Path(directory)
-        meta = json.loads((directory / "meta.json").read_text())
-        meta.setdefault("resumes", []).append(
-            {
+        device = dist.device(select_device(cfg.device))
+        if not dist.is_main:
+            seed_everything(cfg.seed)
+            return cls(cfg, directory, {}, fresh=False, dist=dist, checkpoint=load_latest(directory, device))
+        lock = RunLock(directory)
+        try:
+            meta = _read_meta(directory)
+            _check_metrics_text(directory / "metrics.jsonl")
+            for leftover in remove_temporaries(directory) + remove_temporaries(directory / "checkpoints"):
+                print(f"pixlab: removed {leftover}, a write cut short by a kill", file=sys.stderr)
+            found = load_latest(directory, device)
+            if found is None:
+                print(f"pixlab: {directory} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+            resume = {
                 "time": _dt.datetime.now().isoformat(timespec="seconds"),
                 "command": list(sys.argv if argv is None else argv),
-                "from_checkpoint": (latest_checkpoint(directory) or Path("none")).name,
+                "from_checkpoint": found[0].name if found else "none",
                 "git": git_state(),
             }
-        )
-        atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2))
-        seed_everything(cfg.seed)
-        return cls(cfg, directory, meta, fresh=False, dist=dist)
+            seed_everything(cfg.seed)
+            return cls(cfg, directory, meta, fresh=False, dist=dist, lock=lock, checkpoint=found, resume=resume)
+        except BaseException:
+            lock.release()
+            raise
 
     # ----------------------------------------------------------------- what an algorithm calls
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Record scalars at a step; a NaN or infinite one is recorded, then stops the run."""
         self.tracker.log(metrics, step)
+        self._require_finite(metrics, f"at step {step}")
 
-    def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> Path:
+    def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> Optional[Path]:
         return self.tracker.log_images(key, images, step, nrow)
 
     def log_video(self, key: str, path: Path, step: int) -> None:
         self.tracker.log_video(key, path, step)
 
     def summary(self, values: dict[str, Any]) -> None:
+        """The run's final numbers; a NaN or infinite one is recorded, then fails the run."""
         self.tracker.summary(values)
+        self._require_finite(values, "in the summary")
 
     @property
     def should_stop(self) -> bool:
@@ -150,24 +188,24 @@ class Run:
 
     def check_finite(self, name: str, value: float, step: int) -> None:
         """Stop the run with a clear message when a loss is NaN or infinite; checkpoints stay as they are."""
-        if not math.isfinite(value):
-            last = latest_checkpoint(self.dir) if self.dir is not None else None  # a follower rank may have none
-            raise NonFiniteLossError(
-                f"{name} is {value} at step {step}: training diverged and was stopped. "
-                f"The run folder {self.dir} is kept; its last good checkpoint is "
-                f"{last if last else 'none (nothing was saved before the divergence)'}. "
-                "Lower the learning rate or clip gradients, then start again."
-            )
+        self._require_finite({name: value}, f"at step {step}")
 
-    def save(self, step: int, objects: dict[str, Stateful], counters: Optional[dict] = None) -> Path:
-        """Write checkpoints/step-<step>.pt atomically with the objects' states, counters and RNG states."""
+    def save(self, step: int, objects: dict[str, Stateful], counters: Optional[dict] = None) -> Optional[Path]:
+        """Write checkpoints/step-<step>.pt atomically with the objects' states, counters and RNG states.
+        Weights that are not finite are never written: the run stops instead."""
+        if not self.dist.is_main:
+            return None
+        state = {name: obj.state_dict() for name, obj in objects.items()}
+        bad = first_non_finite(state)
+        if bad is not None:
+            self._diverged(f"{bad} holds NaN or infinite values at step {step}")
         path = self.dir / "checkpoints" / f"step-{step:09d}.pt"
         payload = {
             "format": CHECKPOINT_FORMAT,
             "step": int(step),
             "counters": dict(counters or {}),
             "rng": capture_rng(),
-            "state": {name: obj.state_dict() for name, obj in objects.items()},
+            "state": state,
         }
         atomic_torch_save(payload, path)
         self._saved_any = True
@@ -178,9 +216,19 @@ class Run:
         return path
 
     def restore(self, objects: dict[str, Stateful]) -> Optional[dict]:
-        """Load the latest checkpoint into `objects` and the RNGs; return {'step': ..., **counters} or None."""
-        counters = restore_latest(self.dir, objects, self.device)
+        """Load the checkpoint `reopen` found into `objects` and the RNGs; {'step': ..., **counters} or None."""
+        counters = None
+        if self._checkpoint is not None:
+            path, checkpoint = self._checkpoint
+            self._checkpoint = None  # a replay in it can be gigabytes: do not keep a second copy
+            load_states(path, checkpoint, objects)
+            restore_rng(checkpoint["rng"])
+            counters = {"step": checkpoint["step"], **checkpoint["counters"]}
         self.tracker.truncate_after(counters["step"] if counters else -1)  # a resume from nothing starts over
+        if self._resume is not None:
+            self.meta.setdefault("resumes", []).append(self._resume)
+            self._resume = None
+            self._write_meta()
         return counters
 
     # ----------------------------------------------------------------- context manager
@@ -195,211 +243,152 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> None:
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
-        self.meta["wall_time"] = self.tracker.wall_time()
-        self._write_meta()
-        self.tracker.close(exit_code=0 if exc is None else 1)
         bad_input = isinstance(exc, PixlabError) and exc.exit_code == 2
-        if bad_input and self.fresh and not self._saved_any:
+        if not bad_input:  # a refused resume leaves meta.json as it was
+            self.meta["wall_time"] = self.tracker.wall_time()
+            self._write_meta()
+        self.tracker.close(exit_code=0 if exc is None else 1)
+        if bad_input and self.fresh and not self._saved_any and self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)  # nothing of value was written: leave no half run
+        if self._lock is not None:
+            self._lock.release()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_signal is not None:  # a second Ctrl-C: the user does not want to wait for the save
             raise KeyboardInterrupt
         self.stop_signal = signum
 
+    def _require_finite(self, metrics: dict[str, Any], where: str) -> None:
+        bad = [f"{k} is {float(v)}" for k, v in metrics.items() if _is_float(v) and not math.isfinite(float(v))]
+        if bad:
+            self._diverged(f"{', '.join(bad)} {where}")
+
+    def _diverged(self, what: str) -> None:
+        last = latest_checkpoint(self.dir) if self.dir is not None else None  # a rank > 0 of a new run has none
+        raise NonFiniteLossError(
+            f"{what}: training diverged and was stopped. The run folder {self.dir} is kept; its last checkpoint "
+            f"with finite weights is {last if last else 'none (nothing was saved before the divergence)'}. "
+            "Lower the learning rate or clip gradients, then start again."
+        )
+
     def _write_meta(self) -> None:
-        atomic_write_text(self.dir / "meta.json", json.dumps(self.meta, indent=2))
+        if self.dist.is_main:
+            atomic_write_text(self.dir / "meta.json", json.dumps(self.meta, indent=2))
 
 
-class FollowerRun(Run):
-    """A rank other than 0 under torchrun: trains in step with rank 0, reads checkpoints, writes nothing."""
+class NullTracker:
+    """The tracker of a rank other than 0 under torchrun: rank 0 records for every rank, so this records nothing."""
 
-    def __init__(self, cfg: Any, dist: Distributed, directory: Optional[Path] = None):
-        self.cfg, self.dist, self.dir = cfg, dist, directory
-        self.device = dist.device(select_device(cfg.device))
-        self.fresh, self.stop_signal, self._old_handlers = False, None, {}
-        seed_everything(cfg.seed)
+    wandb_id = None
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        pass
-
-    def log_images(self, key: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
-        pass
-
-    def log_video(self, key: str, path: Path, step: int) -> None:
-        pass
-
-    def summary(self, values: dict[str, Any]) -> None:
-        pass
-
-    def save(self, step: int, objects: dict[str, Stateful], counters: Optional[dict] = None) -> None:
-        pass
-
-    def restore(self, objects: dict[str, Stateful]) -> Optional[dict]:
-        return restore_latest(self.dir, objects, self.device) if self.dir is not None else None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        for signum, handler in self._old_handlers.items():
-            signal.signal(signum, handler)
-
-
-def restore_latest(run_dir: Path, objects: dict[str, Stateful], device: torch.device) -> Optional[dict]:
-    """Load the run's latest checkpoint into `objects` and the RNGs; {'step': ..., **counters} or None."""
-    path = latest_checkpoint(run_dir)
-    if path is None:
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
         return None
-    checkpoint = load_checkpoint(path, map_location=device)
+
+    log = log_images = log_video = summary = truncate_after = close = _nothing
+
+    def wall_time(self) -> float:
+        return 0.0
+
+
+class RunLock:
+    """An exclusive flock on <run>/.lock, which holds the owner's PID. The kernel drops the lock when its
+    process ends, however it ends, so a lock left by a dead process is simply taken over."""
+
+    def __init__(self, directory: Path):
+        path = Path(directory) / ".lock"
+        try:
+            self.fd: Optional[int] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFolderError(f"cannot open the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            self.release()
+            raise RunFolderError(
+                f"{directory} is being written by process {holder} (it holds {path}); wait for it to end or stop it"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def load_states(path: Path, checkpoint: dict, objects: dict[str, Stateful]) -> None:
+    """Load checkpoint["state"][name] into each object; a checkpoint of another algorithm or shape is refused."""
     missing = sorted(set(objects) - set(checkpoint["state"]))
     if missing:
         raise CheckpointError(f"{path} has no state for {missing}; it holds {sorted(checkpoint['state'])}")
     for name, obj in objects.items():
-        obj.load_state_dict(checkpoint["state"][name])
-    restore_rng(checkpoint["rng"])
-    return {"step": checkpoint["step"], **checkpoint["counters"]}
-
-
-# --------------------------------------------------------------------- checkpoints
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
-    return sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"))
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Save to a temporary file in the same folder, fsync it, then rename it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
-    """Read a checkpoint with weights_only=True; a pickle payload is refused with a CheckpointError."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # torch raises UnpicklingError (or RuntimeError for a torn file)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"refusing to load checkpoint {path}: it is not a plain pixlab checkpoint of tensors and "
-            f"containers (torch.load with weights_only=True said: {reason}). Nothing in it was run."
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pixlab checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return checkpoint
-
-
-# --------------------------------------------------------------------- seeding and RNG state
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every GPU) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict:
-    """Every global RNG state, as tensors and plain containers (loadable with weights_only=True)."""
-    version, mt_state, gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": [version, list(mt_state), gauss],
-        "numpy": {
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-# --------------------------------------------------------------------- provenance
-def git_state() -> Optional[dict]:
-    """The commit and dirty flag of the source tree pixlab runs from, or None outside a git checkout."""
-    source = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def package_versions() -> dict:
-    versions = {}
-    for name in PACKAGES:
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+            obj.load_state_dict(checkpoint["state"][name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: its {name!r} state does not fit this run's {name} ({reason})") from None
 
 
-def describe_device(device: torch.device) -> dict:
-    info = {"type": device.type, "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    else:
-        info["processor"] = platform.processor() or platform.machine()
-    return info
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _make_folder(cfg: Any, meta: dict) -> tuple[Path, RunLock]:
+    """<runs_dir>/<stamp>-<name>[-k]/ with checkpoints/, media/, config.yaml and meta.json, locked: filled
+    under a temporary name and renamed into place, so that a kill leaves the whole folder or none."""
+    root = Path(cfg.runs_dir)
+    base = root / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    staging, lock = temporary_name(base), None
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        root.mkdir(parents=True, exist_ok=True)
+        (staging / "checkpoints").mkdir(parents=True)
+        (staging / "media").mkdir()
+        lock = RunLock(staging)
+        atomic_write_text(staging / "config.yaml", to_yaml(cfg))
+        atomic_write_text(staging / "meta.json", json.dumps(meta, indent=2))
+        for suffix in itertools.count():
+            directory = base.with_name(f"{base.name}-{suffix}") if suffix else base
+            try:
+                if not directory.exists():
+                    staging.rename(directory)
+                    break
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # not: another run took the name meanwhile
+                    raise
+        fsync_dir(root)
+    except BaseException as e:  # a Ctrl-C too: leave nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+        if isinstance(e, OSError):
+            raise RunFolderError(f"cannot make a run folder in runs_dir={str(root)!r}: {e.strerror or e}") from None
+        raise
+    return directory, lock
+
+
+def _read_meta(directory: Path) -> dict:
+    path = directory / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{directory} is not a whole run folder: it has no meta.json") from None
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"cannot read {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    return meta
+
+
+def _check_metrics_text(path: Path) -> None:
+    """A resume rewrites metrics.jsonl (dropping what comes after its checkpoint): refuse one it cannot read."""
+    try:
+        data = path.read_bytes() if path.exists() else b""
+        data.decode("utf-8")
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RunFolderError(
+            f"{path} line {line} is not UTF-8 text ({e.reason}); repair or delete that line, then resume"
+        ) from None
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, (float, np.floating)) or (isinstance(value, torch.Tensor) and value.is_floating_point())

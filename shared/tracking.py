@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -147,20 +147,37 @@ class Tracker:
             self.wandb_run = None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Every record of a metrics.jsonl file (a torn last line from a killed process is skipped)."""
-    return [json.loads(line) for line in read_metrics_lines(path)]
+def read_metrics(path: Path, warn: Optional[Callable[[str], None]] = None) -> list[dict]:
+    """Every record of a metrics.jsonl file; see `read_metrics_lines` for the lines it skips."""
+    return [json.loads(line) for line in read_metrics_lines(path, warn)]
 
 
-def read_metrics_lines(path: Path) -> list[str]:
+def read_metrics_lines(path: Path, warn: Optional[Callable[[str], None]] = None) -> list[str]:
+    """The lines of a metrics.jsonl file that are UTF-8 JSON. The others are skipped (a torn last line is what
+    a killed process leaves; one in the middle is damage), and `warn` gets a message naming file and line."""
     lines = []
-    for line in Path(path).read_text().splitlines():
+    raw = Path(path).read_bytes().splitlines()
+    for number, data in enumerate(raw, 1):
         try:
+            line = data.decode("utf-8")
             json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both are
+            if warn is not None:
+                what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON"
+                torn = " (the last line: a write cut short)" if number == len(raw) else ""
+                warn(f"{path}, line {number}: skipped, {what}{torn}")
             continue
         lines.append(line)
     return lines
+
+
+def read_summary(run_dir: Optional[Path | str]) -> dict:
+    """The final summary a trainer wrote to its run's metrics.jsonl, or {} when it has none (yet)."""
+    path = Path(run_dir or "") / "metrics.jsonl"
+    if run_dir is None or not path.exists():
+        return {}
+    summaries = [r["summary"] for r in read_metrics(path) if "summary" in r]
+    return summaries[-1] if summaries else {}
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -184,41 +201,4 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-class RunningLoss:
-    """The training loss summed between two log lines, and the images/s over those steps.
-
-    Its sum and count go into checkpoints (`state()`, restored from the run's counters), so that a resumed
-    run logs the very numbers an uninterrupted one does.
-    """
-
-    def __init__(self, counters: dict, device: torch.device, step: int) -> None:
-        self.sum = torch.tensor(counters.get("loss_sum", 0.0), device=device)
-        self.count = counters.get("loss_count", 0)
-        self.clock, self.clock_step = time.perf_counter(), step
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.sum += loss.detach()
-        self.count += 1
-
-    def mean(self) -> float:
-        return (self.sum / self.count).item()
-
-    def state(self) -> dict:
-        return {"loss_sum": self.sum.item(), "loss_count": self.count}
-
-    def record(self, loss: float, step: int, lr: float, steps_per_epoch: int, batch_size: int) -> dict:
-        """The standard train/ record for a log line (`loss` as it is to be shown); then start afresh."""
-        elapsed = time.perf_counter() - self.clock
-        out = {
-            "train/loss": loss,
-            "train/lr": lr,
-            "train/epoch": step / steps_per_epoch,
-            "train/images_per_s": (step - self.clock_step) * batch_size / max(elapsed, 1e-9),
-        }
-        self.sum.zero_()
-        self.count = 0
-        self.clock, self.clock_step = time.perf_counter(), step
-        return out
 

@@ -29,18 +29,30 @@ def assert_every_parameter_has_a_gradient(*models: nn.Module) -> None:
 # Nature DQN
 
 
+def layer_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters of each layer (a module without children) that has any, by its dotted name."""
+    layers = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    return {name: count_parameters(m) for name, m in layers if count_parameters(m)}
+
+
 def test_nature_parameter_counts():
-    encoder = NatureEncoder()
-    # Mnih et al. 2015, Methods "Model architecture": conv 32 8x8 s4, conv 64 4x4 s2, conv 64 3x3 s1, fc 512.
-    convs = (4 * 32 * 8 * 8 + 32) + (32 * 64 * 4 * 4 + 64) + (64 * 64 * 3 * 3 + 64)  # 8,224 + 32,832 + 36,928
-    fc = 64 * 7 * 7 * 512 + 512  # 1,606,144
-    assert (count_parameters(encoder.convs), count_parameters(encoder.fc)) == (convs, fc) == (77_984, 1_606_144)
-    assert count_parameters(encoder) == 1_684_128
-    assert count_parameters(NatureEncoder(in_channels=1)) == 1_684_128 - 3 * 32 * 8 * 8 == 1_677_984
-    assert count_parameters(NatureQNetwork(6)) == 1_684_128 + 512 * 6 + 6 == 1_687_206
-    # Wang et al. 2016, dueling: the convolutions, then V and A streams of 512 units each, branching at 3136.
-    dueling = convs + 2 * (3136 * 512 + 512) + (512 * 1 + 1) + (512 * 6 + 6)
-    assert count_parameters(NatureQNetwork(6, dueling=True)) == dueling == 3_293_863
+    # Mnih et al. 2015, Methods "Model architecture": conv 32 8x8 s4, conv 64 4x4 s2, conv 64 3x3 s1, fc 512 on the
+    # 64 x 7 x 7 maps, then one output per action.
+    convs = {"convs.0": 4 * 32 * 8 * 8 + 32, "convs.2": 32 * 64 * 4 * 4 + 64, "convs.4": 64 * 64 * 3 * 3 + 64}
+    fc = 64 * 7 * 7 * 512 + 512
+    assert layer_counts(NatureEncoder()) == convs | {"fc": fc}
+    assert list(convs.values()) + [fc] == [8_224, 32_832, 36_928, 1_606_144]
+    assert count_parameters(NatureEncoder()) == 1_684_128
+    assert layer_counts(NatureEncoder(in_channels=1))["convs.0"] == 1 * 32 * 8 * 8 + 32
+    assert count_parameters(NatureEncoder(in_channels=1)) == 1_677_984
+    encoder = {f"encoder.{name}": count for name, count in (convs | {"fc": fc}).items()}
+    assert layer_counts(NatureQNetwork(6)) == encoder | {"q": 512 * 6 + 6}
+    assert count_parameters(NatureQNetwork(6)) == 1_687_206
+    # Wang et al. 2016, dueling: the convolutions, then V and A streams of 512 units each (one 3136 -> 1024 layer),
+    # heads of 1 and 6 outputs.
+    dueling = encoder | {"encoder.fc": 3136 * 1024 + 1024, "value": 512 * 1 + 1, "advantage": 512 * 6 + 6}
+    assert layer_counts(NatureQNetwork(6, dueling=True)) == dueling
+    assert count_parameters(NatureQNetwork(6, dueling=True)) == 3_293_863
 
 
 def test_nature_shapes_and_input_checks():
@@ -112,17 +124,19 @@ def test_nature_q_network_backward_reaches_every_parameter(dueling):
 
 
 def test_impala_parameter_counts():
-    # Espeholt et al. 2018, Figure 3 (large): per stack a 3x3 conv and 2 residual blocks of two 3x3 convs.
-    def stack(c_in, c_out):
-        return (c_in * c_out * 9 + c_out) + 4 * (c_out * c_out * 9 + c_out)
+    # Espeholt et al. 2018, Figure 3 (large): per stack a 3x3 conv and 2 residual blocks of two 3x3 convs, then
+    # fc 256 on the 32 x 11 x 11 maps of an 84x84 input.
+    def stack(i: int, c_in: int, c_out: int) -> dict[str, int]:
+        blocks = {f"stacks.{i}.blocks.{b}.conv{k}": c_out * c_out * 9 + c_out for b in (0, 1) for k in (1, 2)}
+        return {f"stacks.{i}.conv": c_in * c_out * 9 + c_out} | blocks
 
-    encoder = ImpalaEncoder()
-    assert [count_parameters(s) for s in encoder.stacks] == [stack(4, 16), stack(16, 32), stack(32, 32)]
-    assert [stack(4, 16), stack(16, 32), stack(32, 32)] == [9_872, 41_632, 46_240]
-    assert count_parameters(encoder.fc) == 32 * 11 * 11 * 256 + 256 == 991_488
-    assert count_parameters(encoder) == 9_872 + 41_632 + 46_240 + 991_488 == 1_089_232
+    layers = stack(0, 4, 16) | stack(1, 16, 32) | stack(2, 32, 32) | {"fc": 32 * 11 * 11 * 256 + 256}
+    assert layer_counts(ImpalaEncoder()) == layers
+    assert [count_parameters(s) for s in ImpalaEncoder().stacks] == [9_872, 41_632, 46_240]
+    assert count_parameters(ImpalaEncoder()) == 1_089_232
     procgen = ImpalaEncoder((3, 64, 64))  # 64 -> 32 -> 16 -> 8
-    assert count_parameters(procgen) == stack(3, 16) + 41_632 + 46_240 + 32 * 8 * 8 * 256 + 256 == 622_144
+    assert layer_counts(procgen) == layers | stack(0, 3, 16) | {"fc": 32 * 8 * 8 * 256 + 256}
+    assert count_parameters(procgen) == 622_144
 
 
 def test_impala_shapes_for_several_input_sizes():

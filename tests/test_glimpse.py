@@ -141,3 +141,12 @@ def test_clutter_adds_fragments_of_other_digits_around_an_intact_digit():
         assert canvas.sum() > split.images[i].sum()  # and something was added beside it
     with pytest.raises(ValueError, match="smaller than"):
         place(split, canvas=20)
+
+
+def test_location_policy_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    policy, h = LocationPolicy(hidden=8, std=0.05), torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert policy.mean(h).dtype == torch.bfloat16  # what autocast does to its layer called alone
+        mean = policy(h)
+    assert mean.dtype == torch.float32 and torch.equal(mean, policy(h))  # the very fp32 numbers

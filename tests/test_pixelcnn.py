@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from generative.pixelcnn import GatedPixelCNN, PixelCNN, bits_per_dim, causal_mask, nll_nats, vertical_mask
 from generative.sampling import draw, sample
 from shared.cli import main
-from shared.run import latest_checkpoint, list_checkpoints, load_checkpoint
+from shared.run import list_checkpoints
 from shared.tracking import read_metrics
 
 from conftest import CONFIGS, only_run_dir, run_cli
+from exact_resume import assert_resume_is_exact
 from wandb_records import offline_run
 
 DIGITS = str(CONFIGS / "pixelcnn" / "digits.yaml")
@@ -201,19 +202,8 @@ def test_train_on_digits_through_the_cli_writes_the_run_and_eval_agrees(tmp_path
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
-    args = ["train", DIGITS, "train.max_steps=40", "checkpoint.every=10", "checkpoint.keep_last=10", *QUIET, f"runs_dir={tmp_path}"]
-    assert main(args) == 0
-    run = only_run_dir(tmp_path)
-    straight = load_checkpoint(latest_checkpoint(run))
-    straight_metrics = [{k: v for k, v in r.items() if k not in ("wall_time", "train/images_per_s")} for r in read_metrics(run / "metrics.jsonl")]
-    for path in list_checkpoints(run)[3:]:  # as if it had stopped at step 30, in its second epoch
-        path.unlink()
-    assert main(["resume", str(run)]) == 0
-    resumed = load_checkpoint(latest_checkpoint(run))
-    assert resumed["step"] == straight["step"] == 40
-    for name, tensor in straight["state"]["model"].items():
-        assert torch.equal(tensor, resumed["state"]["model"][name]), name
-    assert [{k: v for k, v in r.items() if k not in ("wall_time", "train/images_per_s")} for r in read_metrics(run / "metrics.jsonl")] == straight_metrics
+    # Stopped at step 25: in the second epoch (of 23 steps), between two log lines (every 10 steps).
+    assert_resume_is_exact(DIGITS, ["train.max_steps=40"], tmp_path, stop_at=25)
 
 
 def test_class_conditional_gated_run_draws_a_row_per_class(tmp_path):

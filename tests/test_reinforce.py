@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from rl.envs import EnvConfig, make_vec_env
-from rl.ram import GlimpseAgent, ModelConfig
 from rl.reinforce import AgentConfig, Player, ReinforceConfig, advantages, build_policy, pad_episodes, reward_to_go
 from shared.errors import ConfigError
+from shared.models.glimpse import GlimpseAgent, GlimpseConfig
 from shared.tracking import read_metrics
 
 from conftest import CONFIGS, only_run_dir, run_cli
@@ -69,19 +69,41 @@ def test_player_hands_back_whole_episodes_with_their_steps():
     env.close()
 
 
-def test_karpathy_return_rule_cuts_at_each_point():
-    cfg = ReinforceConfig()
-    cfg.agent.reset_return_on_reward = True
-    # three points in one episode: each point's return restarts
-    rewards = np.array([0, 0, -1, 0, 1, 0, 0, -1], dtype=np.float32)
-    cuts = (rewards != 0) | (np.arange(8) == 7)
-    g = reward_to_go(rewards, cuts, 0.99)
-    assert g[2] == -1 and g[1] == pytest.approx(-0.99) and g[3] == pytest.approx(0.99) and g[5] == pytest.approx(-0.99**2)
+class ScriptedPong:
+    """One env playing one episode of 8 steps whose rewards are Pong points: -1, +1, -1 (NextStep autoreset)."""
+
+    num_envs = 1
+    rewards = [0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, -1.0]
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros((1, 4), dtype=np.float32), {}
+
+    def step(self, actions):
+        reward, self.t = self.rewards[self.t], self.t + 1
+        return np.zeros((1, 4), dtype=np.float32), np.array([reward]), np.array([self.t == 8]), np.array([False]), {}
+
+
+@pytest.mark.parametrize("rule", [True, False])
+def test_karpathy_return_rule_cuts_at_each_point(rule):
+    agent = AgentConfig(gamma=0.99, reset_return_on_reward=rule)
+    player = Player(ScriptedPong(), Scripted(), EnvConfig(id="ALE/Pong-v5", clip_rewards=False), agent, None, torch.device("cpu"), 0)
+    (episode,), taken = player.play(1)
+    assert taken == 8 and episode.rewards.tolist() == ScriptedPong.rewards and episode.score == -1.0
+    g = reward_to_go(episode.rewards, episode.cuts, agent.gamma)  # what update() regresses on
+    if rule:  # each point ends its return: G = -1 at step 2, +1 at step 4, -1 at step 7, discounted before them
+        assert episode.cuts.tolist() == [False, False, True, False, True, False, False, True]
+        assert g.tolist() == pytest.approx([-0.99**2, -0.99, -1, 0.99, 1, -0.99**2, -0.99, -1])
+    else:  # one return over the whole episode: G_4 = 1 - 0.99^3, G_2 = -1 + 0.99 G_3 = -1 + 0.99^2 G_4
+        assert episode.cuts.tolist() == [False] * 7 + [True]
+        g4 = 1 - 0.99**3
+        assert g.tolist() == pytest.approx([0.99**2 * (-1 + 0.99**2 * g4), 0.99 * (-1 + 0.99**2 * g4), -1 + 0.99**2 * g4,
+                                            0.99 * g4, g4, -0.99**2, -0.99, -1])
 
 
 def test_glimpse_agent_log_prob_is_action_plus_location():
     torch.manual_seed(0)
-    agent = GlimpseAgent(4, 3, ModelConfig(patch=6, scales=2, hidden=16, what=8, where=8, glimpse_features=16, core="lstm", location_std=0.2))
+    agent = GlimpseAgent(4, 3, GlimpseConfig(patch=6, scales=2, hidden=16, what=8, where=8, glimpse_features=16, core="lstm", location_std=0.2))
     obs = torch.randint(0, 255, (5, 2, 4, 42, 42), dtype=torch.uint8)  # (T, E, C, H, W)
     memory = agent.initial_memory(2, torch.device("cpu"))
     actions, locations, nexts = [], [], []

@@ -261,9 +261,9 @@ def test_a_learner_terminal_without_reset_cuts_windows_but_not_stacks():
 # ---- prioritized replay
 
 
-def filled(prioritized: bool, steps: int = 40, **kwargs) -> FrameReplay:
+def filled(prioritized: bool, steps: int = 40, capacity: int = 64, **kwargs) -> FrameReplay:
     """2 envs of vector frames, 32 slots each, no episode end: after 40 steps each env holds 31 transitions."""
-    replay = FrameReplay(64, 2, frame_shape=(1,), stack=1, prioritized=prioritized, frame_dtype=np.float32, **kwargs)
+    replay = FrameReplay(capacity, 2, frame_shape=(1,), stack=1, prioritized=prioritized, frame_dtype=np.float32, **kwargs)
     replay.reset(np.zeros((2, 1)))
     for s in range(1, steps + 1):
         replay.step([0, 1], [1.0, 2.0], [False, False], [False, False], np.full((2, 1), s), [False, False])
@@ -342,13 +342,39 @@ def test_slots_that_stop_being_valid_lose_their_priority():
 
 
 def test_bytes_per_transition_at_84x84():
-    for prioritized in (False, True):
+    # frame 7,056 + action 4 + reward 4 + four flags, plus each env's write counter; then uniform replay's validity
+    # flag (its per-block counts are derived, not held), or prioritized replay's tree of 2 * 8 bytes per slot
+    for prioritized, exact in ((False, 7069.0078125), (True, 7084.0078125)):
         replay = FrameReplay(4096, 4, prioritized=prioritized)
-        # frame 7,056 + action 4 + reward 4 + four flags + tree 2 * 8, plus each env's write counter
-        exact = 84 * 84 + 4 + 4 + 4 * 1 + 2 * 8 + 4 * 8 / 4096
         print(f"FrameReplay: {replay.bytes_per_transition} bytes per 84x84 transition")
-        assert replay.bytes_per_transition == exact == 7084.0078125
+        assert replay.bytes_per_transition == exact == 84 * 84 + 4 + 4 + 4 * 1 + (2 * 8 if prioritized else 1) + 4 * 8 / 4096
         assert replay.bytes_per_transition <= 7200
+    assert not hasattr(FrameReplay(4096, 4), "tree")  # uniform replay does no sum-tree work
+
+
+def test_uniform_draws_pick_the_floor_u_th_valid_slot_across_blocks():
+    """The draw a sum-tree of 0/1 leaves would make, through the per-block counts, with a short last block."""
+    replay = filled(False, steps=700, capacity=1200)  # 600 slots per env: 3 blocks of 256 and a short one each side
+    valid = np.flatnonzero(replay.valid)
+    assert len(valid) == len(replay) == 2 * 599 and replay.valid_per_block.sum() == len(valid)
+    u = np.array([0.0, 0.999, 255.5, 256.0, 597.2, 598.9, 599.0, 1000.4, len(valid) - 1e-9])
+    assert replay._nth_valid(u).tolist() == valid[u.astype(int)].tolist()
+
+
+def test_a_uniform_replay_saved_with_a_tree_loads():
+    """Checkpoints from before uniform replay dropped its tree: the leaves say which slots are valid."""
+    replay = scripted_replay(seed=5)
+    script(replay, range(1, 14))
+    state = replay.state_dict()
+    leaves = 1 << (replay.capacity - 1).bit_length()
+    tree = np.zeros(2 * leaves)
+    tree[leaves + np.flatnonzero(replay.valid)] = 1.0
+    state = {k: v for k, v in state.items() if k != "valid"} | {"tree": torch.from_numpy(tree)}
+    restored = scripted_replay(seed=5)
+    restored.load_state_dict(state)
+    assert len(restored) == len(replay) == len(AFTER_WRAP)
+    for a, b in zip(replay.sample(16), restored.sample(16)):
+        assert np.array_equal(a, b)
 
 
 def test_state_dict_round_trip_through_torch_load(tmp_path):

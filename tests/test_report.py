@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from shared.cli import ALGORITHM_MODULES, main
-from shared.config import ALGORITHMS
-from shared.report import DEFAULT_METRICS, build_sections, find_runs, mean_curve, use_log_axis
+import shared.cli
+from shared.cli import import_algorithms, main
+from shared.config import ALGORITHMS, Metric, RunConfig, register
+from shared.report import build_sections, describe_metric, find_runs, mean_curve, use_log_axis, wandb_workspace
 
 from conftest import CONFIGS
+
+import_algorithms()  # the registry that report reads (main() fills it too)
 
 STEPS = (100, 200, 300)
 LRS = (0.01, 0.1)
@@ -133,12 +136,171 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(sweep, tmp_path, capsys,
     assert not out.exists()
 
 
-def test_every_algorithm_has_a_default_metric_that_leads_its_wandb_section():
-    for module in ALGORITHM_MODULES:
-        importlib.import_module(module)
-    layout = yaml.safe_load((CONFIGS / "wandb" / "workspace.yaml").read_text())
-    sections = {section["name"]: section for section in layout["sections"]}
-    assert set(sections) == set(DEFAULT_METRICS) == set(ALGORITHMS)
-    for algo, section in sections.items():
-        assert section["filter"] == {"tags": [algo]}
-        assert section["panels"][0]["metric"] in DEFAULT_METRICS[algo]
+# ----------------------------------------------------------------------------------- the registry
+def test_report_reads_units_goals_and_step_units_from_the_registry():
+    assert {name: a.scores() for name, a in ALGORITHMS.items()} == {
+        "classify": ["test/error", "val/error", "test/loss", "train/loss"],
+        "ram": ["test/error", "train/loss", "train/reward"],
+        "dqn": ["eval/return", "eval/hns", "train/episode_return", "train/loss"],
+        "reinforce": ["train/return_100", "train/episode_return", "train/loss", "train/hns_100"],
+        "pixelcnn": ["test/nll_nats", "test/bits_per_dim", "train/loss"],
+        "vae": ["test/elbo_nats", "test/nll_nats", "test/nll_bits_per_dim", "train/loss", "samples/fid_lenet"],
+        "dcgan": ["samples/fid_lenet", "samples/is_lenet"],
+    }
+    assert {name: a.step_unit for name, a in ALGORITHMS.items() if a.step_unit != "optimizer steps"} == {
+        "dqn": "agent steps", "reinforce": "agent steps",
+    }
+    assert describe_metric("test/error", "classify") == Metric("test/error", "minimize", "%", 100)
+    assert describe_metric("train/loss", "pixelcnn") == Metric("train/loss", "minimize", "nats/image")
+    assert describe_metric("test/nll_nats", "vae") == Metric("test/nll_nats", "minimize", "nats/image", once=True)
+    assert describe_metric("eval/return", "dqn", higher_better=False) == Metric("eval/return", "minimize")
+    # not registered: the goal guessed from the name, no unit
+    assert describe_metric("train/reward_rate", "classify") == Metric("train/reward_rate", "maximize")
+    assert describe_metric("train/grad_norm", "unknown-algo") == Metric("train/grad_norm", "minimize")
+
+
+def test_the_cli_finds_the_modules_that_call_register_at_their_top_level(tmp_path, monkeypatch):
+    for package, files in {
+        "shared": {"config.py": "def register(name):\n    pass\n", "algo.py": "x = 1\nregister(\n    'a',\n)\n"},
+        "rl": {"env.py": "# calls register( in a comment\n", "b.py": "register('b')\n", "sub/c.py": "register('c')\n"},
+        "generative": {"a.py": "def f():\n    register('a')\n"},
+    }.items():
+        for name, text in files.items():
+            (tmp_path / package / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / package / name).write_text(text)
+    monkeypatch.setattr(shared.cli, "REPO", tmp_path)
+    assert shared.cli.algorithm_modules() == ["shared.algo", "rl.b"]
+    monkeypatch.undo()
+    assert set(ALGORITHMS) == {"classify", "ram", "dqn", "reinforce", "pixelcnn", "vae", "dcgan"}
+    assert sorted(shared.cli.algorithm_modules()) == sorted(a.train.__module__ for a in ALGORITHMS.values())
+
+
+@dataclass
+class ToyConfig(RunConfig):
+    pass
+
+
+@pytest.fixture
+def toy_algorithm():
+    """An algorithm registered by this test alone; the registry is restored afterwards."""
+    before = dict(ALGORITHMS)
+    yield register(
+        "toy", ToyConfig, lambda cfg, run: None,
+        metrics=[
+            {"name": "eval/points", "goal": "maximize", "unit": "pts", "scale": 10},
+            {"name": "train/points", "goal": "maximize"},
+            {"name": "train/lr"},
+            {"name": "test/final_points", "goal": "maximize", "once": True},
+        ],
+        step_unit="games",
+        media=["board"],
+    )
+    ALGORITHMS.clear()
+    ALGORITHMS.update(before)
+
+
+def test_a_toy_algorithm_registered_in_a_test_gets_its_report_defaults_and_workspace_section(toy_algorithm, tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        records = [{"step": s, "eval/points": 0.1 * s + seed, "train/points": 1.0} for s in (1, 2)]
+        write_run(root / f"toy-{seed}", {"algo": "toy", "name": "toy", "seed": seed}, records)
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv").values()
+    assert (row["algo"], row["metric"], row["unit"], row["best_is"]) == ("toy", "eval/points", "pts", "max")
+    assert float(row["final_mean"]) == pytest.approx(10 * statistics.mean([0.2, 1.2]))  # logged x scale 10
+    assert "## toy: eval/points (pts), higher is better" in capsys.readouterr().out
+
+    # runs that never evaluated: the next metric with a goal; train/lr has none, so it is never the default
+    write_run(root / "toy-short", {"algo": "toy", "name": "short", "seed": 0}, [{"step": 1, "train/points": 2.0, "train/lr": 0.1}])
+    (section,) = build_sections(find_runs([root / "toy-short"]))
+    assert (section.metric.name, section.metric.unit, section.metric.higher_better) == ("train/points", "", True)
+
+    layout = yaml.safe_load(wandb_workspace())
+    (toy,) = [s for s in layout["sections"] if s["name"] == "toy"]
+    assert toy == {
+        "name": "toy", "step": "games", "filter": {"tags": ["toy"]},
+        "panels": [
+            {"type": "line", "metric": "eval/points", "unit": "x10 = pts", "best": "max"},
+            {"type": "line", "metric": "train/points", "best": "max"},
+            {"type": "line", "metric": "train/lr"},
+            {"type": "runs_table", "columns": ["test/final_points"]},
+            {"type": "media", "key": "board"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "metrics, message",
+    [
+        ([{"name": "a/b", "goal": "max"}], "metric 'a/b' has goal='max'; valid: minimize, maximize, None"),
+        ([{"name": "train/lr"}], "needs a metric with a goal"),
+    ],
+)
+def test_register_refuses_metrics_report_could_not_use(metrics, message):
+    with pytest.raises(TypeError, match=message):
+        register("broken", RunConfig, lambda cfg, run: None, metrics=metrics)
+    assert "broken" not in ALGORITHMS
+
+
+def test_the_wandb_workspace_file_is_the_one_the_registry_generates(tmp_path, capsys):
+    committed = (CONFIGS / "wandb" / "workspace.yaml").read_text()
+    assert committed == wandb_workspace(), "regenerate it: pixlab report --wandb-workspace configs/wandb/workspace.yaml"
+    layout = yaml.safe_load(committed)
+    assert [s["name"] for s in layout["sections"]] == sorted(ALGORITHMS)
+    for section in layout["sections"]:
+        first_best = next(p for p in section["panels"] if "best" in p)
+        assert first_best["metric"] == ALGORITHMS[section["name"]].scores()[0]
+    assert main(["report", "--wandb-workspace", str(tmp_path / "w.yaml")]) == 0
+    assert (tmp_path / "w.yaml").read_text() == committed
+    assert main(["report", str(tmp_path), "--wandb-workspace", str(tmp_path / "x.yaml")]) == 2
+    assert main(["report"]) == 2
+    assert "pixlab report needs RUNS" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+
+
+# ----------------------------------------------------------------------------------- damaged input
+def test_damaged_lines_of_metrics_jsonl_are_skipped_with_a_warning_naming_file_and_line(tmp_path, capsys):
+    run = write_run(tmp_path / "runs" / "r", {"algo": "classify", "name": "r", "seed": 0}, [])
+    path = run / "metrics.jsonl"
+    path.write_bytes(
+        b'{"step": 1, "test/error": 0.5}\n'
+        b'{"step": 2, "test/err\n'  # cut in the middle
+        b'{"step": 3, "test/error": 0.25, "note": "\xff\xfe"}\n'  # not UTF-8
+        b'{"step": 4, "test/error": 0.2}\n'
+        b'{"step": 5, "test/e'  # a torn last line
+    )
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"pixlab report: {path}, line 2: skipped, not JSON\n" in err
+    assert f"pixlab report: {path}, line 3: skipped, not UTF-8\n" in err
+    assert f"pixlab report: {path}, line 5: skipped, not JSON (the last line: a write cut short)\n" in err
+    (row,) = read_csv(out / "report.csv").values()
+    assert (float(row["final_mean"]), row["last_step_max"]) == (pytest.approx(20.0), "4")  # steps 1 and 4 kept
+
+
+def test_a_metric_logged_as_infinity_or_nan_is_reported_as_not_finite(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, last in ((0, "Infinity"), (1, "0.125")):
+        run = write_run(root / f"r{seed}", {"algo": "classify", "name": "r", "seed": seed}, [])
+        (run / "metrics.jsonl").write_text(
+            f'{{"step": 1, "test/loss": 0.5}}\n{{"step": 2, "test/loss": {last}}}\n{{"step": 3, "test/loss": NaN}}\n'
+        )
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--metric", "test/loss", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"pixlab report: {root / 'r0'}: test/loss is not finite (inf) from step 2 on: the run diverged" in captured.err
+    assert f"pixlab report: {root / 'r1'}: test/loss is not finite (nan) from step 3 on: the run diverged" in captured.err
+    assert "| r | 2 | not finite (nan, nan) | 0.3125 ± 0.27 | 3 |" in captured.out  # best: of the finite values
+    (row,) = read_csv(out / "report.csv").values()
+    assert row["final_mean"] == "nan" and float(row["best_mean"]) == pytest.approx(0.3125)
+    assert (out / "curves-classify-test-loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("text", [b"algo: [classify\n", b"\xff\xfe: 1\n", b"- a list\n"])
+def test_a_malformed_config_yaml_exits_2_naming_it(tmp_path, capsys, text):
+    run = write_run(tmp_path / "runs" / "r", {"algo": "classify"}, [{"step": 1, "test/error": 0.5}])
+    (run / "config.yaml").write_bytes(text)
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    assert str(run / "config.yaml") in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

@@ -9,10 +9,13 @@ import statistics
 import pytest
 
 import shared.cli
+import shared.reproduce
 from shared.cli import main
+from shared.config import ALGORITHMS, Metric
 from shared.errors import ConfigError
 from shared.reproduce import BUDGETS, README_MARKERS, entry_names, load_entry, results_table, sweep_spec, update_readme
-from shared.sweep import check_trials, expand, read_summary
+from shared.sweep import check_trials, expand
+from shared.tracking import read_summary
 
 from conftest import SHARED_DATA, run_cli
 
@@ -22,9 +25,11 @@ ISSUE_ENTRIES = {
 }
 
 
+shared.cli.import_algorithms()  # entries read their metric's goal, unit and scale from the registry
+
+
 def test_every_entry_has_a_published_source_and_three_budgets_whose_configs_load():
-    shared.cli.import_algorithms()
-    assert set(entry_names()) == ISSUE_ENTRIES
+    assert ISSUE_ENTRIES <= set(entry_names())
     for name in entry_names():
         entry = load_entry(name)
         assert entry.published["source"] and (entry.published["value"] is not None or entry.published.get("text"))
@@ -33,7 +38,35 @@ def test_every_entry_has_a_published_source_and_three_budgets_whose_configs_load
             trials = expand(spec)
             check_trials(spec, trials)  # each seed's config loads as `pixlab train` would load it
             assert [t.seed for t in trials] == list(range(entry.budgets[budget].seeds))
-            assert spec.name == f"reproduce-{name}-{budget}" and spec.metric["name"] == entry.metric["name"]
+            assert spec.name == f"reproduce-{name}-{budget}" and spec.metric == {"name": entry.metric.name, "goal": entry.metric.goal}
+
+
+def test_an_entrys_metric_is_the_one_its_algorithm_registered():
+    lenet, pixelcnn, dqn = load_entry("lenet5-mnist"), load_entry("pixelcnn-bmnist"), load_entry("dqn-nature-pong")
+    assert lenet.metric is ALGORITHMS["classify"].metric("test/error")
+    assert lenet.metric == Metric("test/error", "minimize", "%", 100)
+    assert pixelcnn.metric == Metric("test/nll_nats", "minimize", "nats/image")
+    assert dqn.metric == Metric("eval/return", "maximize")
+    assert (lenet.shown(0.951), pixelcnn.shown(81.3), dqn.shown(18.94)) == ("0.95%", "81.30 nats/image", "18.9")
+    assert sweep_spec(dqn, "smoke").metric == {"name": "eval/return", "goal": "maximize"}
+
+
+@pytest.mark.parametrize(
+    "metric, message",
+    [
+        ("{name: test/eror}", "metric.name='test/eror' is not a score that algorithm 'classify' registers (did you mean 'test/error'?)"),
+        ("{name: train/lr}", "metric.name='train/lr' is not a score that algorithm 'classify' registers"),
+        ('{name: test/error, unit: "%"}', "unknown key 'metric.unit'"),  # the unit is the registry's
+    ],
+)
+def test_an_entry_whose_metric_its_algorithm_does_not_score_exits_2(tmp_path, monkeypatch, capsys, metric, message):
+    entry = (shared.reproduce.ENTRIES / "lenet5-mnist.yaml").read_text()
+    monkeypatch.setattr(shared.reproduce, "ENTRIES", tmp_path)
+    (tmp_path / "bad.yaml").write_text(entry.replace("metric: {name: test/error, decimals: 2}", f"metric: {metric}"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "bad", "--budget", "smoke"]) == 2
+    assert f"{tmp_path / 'bad.yaml'}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_entry_exits_2_naming_the_known_ones(tmp_path, monkeypatch, capsys):
@@ -56,8 +89,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     seeds = entry.budgets["smoke"].seeds
     assert len(runs) == seeds and all((r / "config.yaml").exists() and (r / "meta.json").exists() for r in runs)
     by_seed = {json.loads((r / "meta.json").read_text())["seed"]: r for r in runs}
-    scale = entry.metric.get("scale", 1)
-    expected = [read_summary(by_seed[s])[entry.metric["name"]] * scale for s in range(seeds)]
+    expected = [read_summary(by_seed[s])[entry.metric.name] * entry.metric.scale for s in range(seeds)]
     assert measured["seeds"] == list(range(seeds)) and measured["values"] == pytest.approx(expected)
     assert measured["mean"] == pytest.approx(statistics.fmean(expected))
     assert measured["std"] == pytest.approx(statistics.stdev(expected))

@@ -18,8 +18,8 @@ import yaml
 import shared.classify  # noqa: F401  (registers algo: classify)
 from shared.cli import main, run_trial
 from shared.run import latest_checkpoint, list_checkpoints
-from shared.sweep import expand, find_run_dir, load_spec, read_summary, run_sweep
-from shared.tracking import read_metrics
+from shared.sweep import expand, find_run_dir, load_spec, run_sweep
+from shared.tracking import read_metrics, read_summary
 
 from conftest import CONFIGS
 
@@ -103,6 +103,9 @@ def test_random_draws_are_seeded_and_inside_their_distributions(tmp_path):
         ({"method": "random", "parameters": {"optim.lr": {"values": [0.1]}}}, "method random needs run_cap"),
         ({"method": "bayes", "parameters": {"optim.lr": {"min": 0.001, "max": 0.1}}}, "method bayes needs W&B's sweep server"),
         ({"seeds": 0}, "seeds=0 must be an integer >= 1"),
+        # the spec's own overrides: the message names the spec file and the override
+        ({"overrides": ["optim.lrr=0.1"]}, "spec.yaml: override 'optim.lrr=0.1': unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ({"overrides": ["train.max_steps"]}, "spec.yaml: override 'train.max_steps' must look like key=value"),
     ],
 )
 def test_bad_spec_exits_2_naming_the_problem_before_anything_is_written(tmp_path, monkeypatch, capsys, spec, message):
@@ -125,6 +128,30 @@ def test_wandb_backend_says_why_it_cannot_run_offline_or_logged_out(tmp_path, mo
     assert main(["sweep", spec, "--backend", "wandb"]) == 2
     assert "not logged in to W&B: run `wandb login`" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b'{"format": 1, "trials": {', "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 26 (char 25))"),
+        (b'{"format": 1, "name": "\xff"}', "is not UTF-8 text (invalid start byte at byte 23)"),
+        (b"[1, 2]", "holds a JSON list, not the sweep's state (an object)"),
+        (b'{"format": 7, "trials": {}, "fingerprint": {}}', "has format 7; this pixlab reads format 1"),
+        (b'{"format": 1, "fingerprint": {}}', "lacks the key 'trials' or 'fingerprint'"),
+        (b'{"format": 1, "fingerprint": {}, "trials": {"t000": {"key": "k"}}}',
+         "trial t000 lacks the key(s) params, seed, status, attempts, run_dir, errors, wall_time, overrides"),
+    ],
+)
+def test_a_damaged_sweep_json_exits_2_naming_it_and_what_is_wrong(tmp_path, monkeypatch, capsys, content, problem):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, name="damaged", parameters={"optim.lr": {"value": 0.003}})
+    state = tmp_path / "runs" / "damaged" / "sweep.json"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(content)
+    assert main(["sweep", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"pixlab: error: {state.resolve()} {problem}; move it away and run the sweep again" in err, err
+    assert state.read_bytes() == content and [p.name for p in state.parent.iterdir()] == ["sweep.json"]
 
 
 # ----------------------------------------------------------------------------------------- running

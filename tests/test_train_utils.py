@@ -80,9 +80,23 @@ def test_plateau_drops_after_patience_and_round_trips_its_state():
     assert copy.lr == 0.5 and copy.best == 0.9
 
 
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected",
+    [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32"), (None, None, "fp32")],  # None: torch lacks the probe
+)
+def test_auto_precision_on_cpu_is_bf16_where_torch_reports_bf16_matrix_units(monkeypatch, amx, avx512_bf16, expected):
+    for probe, has in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
+        if has is None:
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda has=has: has)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert Accelerator(AccelConfig(), torch.device("cpu")).dtype == (torch.bfloat16 if expected == "bf16" else None)
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit setting is kept
+
+
 def test_precision_resolution():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     assert select_device("cpu") == cpu
     if not torch.cuda.is_available():
@@ -106,8 +120,35 @@ def test_bf16_autocast_on_cpu_trains_and_keeps_fp32_weights():
 
 def test_fp16_uses_a_grad_scaler_whose_state_is_saved():
     accel = Accelerator(AccelConfig(precision="fp16"), torch.device("cpu"))
-    assert accel.scaler is not None and accel.state_dict()["scaler"]["scale"] == 65536.0
+    w = nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w], lr=0.5)
+    # Scaled by the initial 2^16, this loss's gradient (1e35) overflows fp32: the step is skipped, the scale halved.
+    accel.backward_step((w * 1e35).sum(), optimizer, [w])
+    assert w.tolist() == [1.0, 1.0] and accel.state_dict()["scaler"]["scale"] == 2.0**15
+    # A finite gradient (1, scaled by 2^15 and unscaled exactly) is stepped: 1 - 0.5; one good step toward growth.
+    accel.backward_step(w.sum(), optimizer, [w])
+    assert w.tolist() == [0.5, 0.5]
+    state = accel.state_dict()
+    assert (state["scaler"]["scale"], state["scaler"]["_growth_tracker"]) == (2.0**15, 1)
+    resumed = Accelerator(AccelConfig(precision="fp16"), torch.device("cpu"))
+    resumed.load_state_dict(state)  # a resume goes on from the halved scale, not from 2^16
+    assert resumed.state_dict() == state
     assert Accelerator(AccelConfig(precision="bf16"), torch.device("cpu")).state_dict() == {"scaler": {}}
+
+
+def test_fp16_steps_accumulate_scaled_gradients_and_update_the_scale_once_for_two_optimizers():
+    a, b = nn.Parameter(torch.tensor([1.0])), nn.Parameter(torch.tensor([2.0]))
+    opt_a, opt_b = torch.optim.SGD([a], lr=0.1), torch.optim.SGD([b], lr=0.1)
+    accel = Accelerator(AccelConfig(precision="fp16"), torch.device("cpu"))
+    accel.backward(3 * a.sum())
+    accel.backward(4 * a.sum())  # gradients add up, each scaled by the initial 2^16
+    assert a.grad.item() == 7 * 65536.0
+    accel.unscale(opt_a)
+    assert a.grad.item() == 7.0
+    accel.step(opt_a, update_scale=False)  # a discriminator's step: the scale waits for the generator's
+    accel.backward_step((b * b).sum(), opt_b, [b], grad_clip=1.0)  # gradient 4, clipped to 1
+    assert a.item() == pytest.approx(1 - 0.1 * 7) and b.item() == pytest.approx(2 - 0.1 * 1)
+    assert accel.state_dict()["scaler"]["_growth_tracker"] == 1  # one scale update in the training step
 
 
 def test_channels_last_and_unwrap():

@@ -45,43 +45,83 @@ ZFNET = (  # Zeiler & Fergus 2013, Figure 3: all layers dense
     + linear(256 * 6 * 6, 4096) + linear(4096, 4096) + linear(4096, 1000)
 )
 # Szegedy et al. 2014, Table 1: input maps, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
-TABLE_1 = [
-    (192, 64, 96, 128, 16, 32, 32),  # 3a -> 256
-    (256, 128, 128, 192, 32, 96, 64),  # 3b -> 480
-    (480, 192, 96, 208, 16, 48, 64),  # 4a -> 512
-    (512, 160, 112, 224, 24, 64, 64),  # 4b -> 512
-    (512, 128, 128, 256, 24, 64, 64),  # 4c -> 512
-    (512, 112, 144, 288, 32, 64, 64),  # 4d -> 528
-    (528, 256, 160, 320, 32, 128, 128),  # 4e -> 832
-    (832, 256, 160, 320, 32, 128, 128),  # 5a -> 832
-    (832, 384, 192, 384, 48, 128, 128),  # 5b -> 1024
-]
-INCEPTIONS = sum(
-    conv(c, c1, 1) + conv(c, r3, 1) + conv(r3, c3, 3) + conv(c, r5, 1) + conv(r5, c5, 5) + conv(c, pp, 1)
-    for c, c1, r3, c3, r5, c5, pp in TABLE_1
-)
+TABLE_1 = {
+    "3a": (192, 64, 96, 128, 16, 32, 32),  # -> 256
+    "3b": (256, 128, 128, 192, 32, 96, 64),  # -> 480
+    "4a": (480, 192, 96, 208, 16, 48, 64),  # -> 512
+    "4b": (512, 160, 112, 224, 24, 64, 64),  # -> 512
+    "4c": (512, 128, 128, 256, 24, 64, 64),  # -> 512
+    "4d": (512, 112, 144, 288, 32, 64, 64),  # -> 528
+    "4e": (528, 256, 160, 320, 32, 128, 128),  # -> 832
+    "5a": (832, 256, 160, 320, 32, 128, 128),  # -> 832
+    "5b": (832, 384, 192, 384, 48, 128, 128),  # -> 1024
+}
+
+
+def inception(c: int, c1: int, r3: int, c3: int, r5: int, c5: int, pp: int) -> int:
+    return conv(c, c1, 1) + conv(c, r3, 1) + conv(r3, c3, 3) + conv(c, r5, 1) + conv(r5, c5, 5) + conv(c, pp, 1)
+
+
+INCEPTIONS = sum(inception(*row) for row in TABLE_1.values())
 GOOGLENET = conv(3, 64, 7) + conv(64, 64, 1) + conv(64, 192, 3) + INCEPTIONS + linear(1024, 1000)
 # Section 5: avg pool 5x5/3 (4x4 maps), conv 1x1 128, fc 1024, fc 1000; on 4a (512 maps) and 4d (528).
 AUX_4A = conv(512, 128, 1) + linear(128 * 4 * 4, 1024) + linear(1024, 1000)
 AUX_4D = conv(528, 128, 1) + linear(128 * 4 * 4, 1024) + linear(1024, 1000)
 
 
-def cifar_resnet(n: int) -> int:
+def cifar_resnet(n: int) -> dict[str, int]:
     """He et al. 2016, Section 4.2, C = 10: conv 3x3 16 + BN, stages of n blocks (two 3x3 convs + BNs each,
     option-A shortcuts free), fc 64 -> 10. Convolutions have no bias; a BN has 2 per channel."""
-    stem = 16 * 3 * 9 + 2 * 16  # 432 + 32
-    stage1 = n * 2 * (16 * 16 * 9 + 2 * 16)  # n * 4,672
-    stage2 = (32 * 16 * 9 + 2 * 32) + (32 * 32 * 9 + 2 * 32) + (n - 1) * 2 * (32 * 32 * 9 + 2 * 32)
-    stage3 = (64 * 32 * 9 + 2 * 64) + (64 * 64 * 9 + 2 * 64) + (n - 1) * 2 * (64 * 64 * 9 + 2 * 64)
-    return stem + stage1 + stage2 + stage3 + linear(64, 10)
+    return {
+        "conv1": 16 * 3 * 9,  # 432
+        "bn1": 2 * 16,
+        "layer1": n * 2 * (16 * 16 * 9 + 2 * 16),  # n * 4,672
+        "layer2": (32 * 16 * 9 + 2 * 32) + (32 * 32 * 9 + 2 * 32) + (n - 1) * 2 * (32 * 32 * 9 + 2 * 32),
+        "layer3": (64 * 32 * 9 + 2 * 64) + (64 * 64 * 9 + 2 * 64) + (n - 1) * 2 * (64 * 64 * 9 + 2 * 64),
+        "fc": linear(64, 10),
+    }
+
+
+def layer_counts(module: nn.Module) -> dict[str, int]:
+    """Trainable parameters of each child module that has any."""
+    return {name: count_parameters(child) for name, child in module.named_children() if count_parameters(child)}
+
+
+def on_meta(build, **kwargs) -> nn.Module:
+    """The model's layers without memory for their weights: AlexNet's 61M parameters cost nothing here."""
+    with torch.device("meta"):
+        return build(**kwargs)
 
 
 def test_hand_counts():
-    assert ALEXNET == 60_965_224
-    assert ZFNET == 62_357_608
+    """The papers' layer tables, counted by hand above, against each model's own layers, and the totals that
+    EXPECTED below holds as literals."""
+    alexnet, zfnet = on_meta(AlexNet), on_meta(ZFNet)
+    assert layer_counts(alexnet.features) == {
+        "conv1": conv(3, 96, 11), "conv2": conv(96, 256, 5, groups=2), "conv3": conv(256, 384, 3),
+        "conv4": conv(384, 384, 3, groups=2), "conv5": conv(384, 256, 3, groups=2),
+    }
+    assert layer_counts(zfnet.features) == {
+        "conv1": conv(3, 96, 7), "conv2": conv(96, 256, 5), "conv3": conv(256, 384, 3), "conv4": conv(384, 384, 3),
+        "conv5": conv(384, 256, 3),
+    }
+    classifier = {"fc6": linear(256 * 6 * 6, 4096), "fc7": linear(4096, 4096), "fc8": linear(4096, 1000)}
+    assert layer_counts(alexnet.classifier) == layer_counts(zfnet.classifier) == classifier
+    assert count_parameters(alexnet) == ALEXNET == 60_965_224  # the paper's "60 million parameters"
+    assert count_parameters(zfnet) == ZFNET == 62_357_608
+
+    googlenet = on_meta(GoogLeNet, num_classes=1000, aux_logits=True)
+    assert layer_counts(googlenet) == (
+        {"conv1": conv(3, 64, 7), "conv2": conv(64, 64, 1), "conv3": conv(64, 192, 3)}
+        | {f"inception{name}": inception(*row) for name, row in TABLE_1.items()}
+        | {"aux1": AUX_4A, "aux2": AUX_4D, "fc": linear(1024, 1000)}
+    )
     assert (INCEPTIONS, GOOGLENET, AUX_4A, AUX_4D) == (5_849_136, 6_998_552, 3_188_840, 3_190_888)
-    assert cifar_resnet(3) == 432 + 32 + 14_016 + 51_072 + 203_520 + 650 == 269_722
-    assert [cifar_resnet(n) for n in (3, 5, 7, 9, 18)] == [97_216 * n - 21_926 for n in (3, 5, 7, 9, 18)]
+
+    for n in (3, 5, 7, 9, 18):
+        model = on_meta(CifarResNet, depth=6 * n + 2)
+        assert layer_counts(model) == cifar_resnet(n), n
+        assert count_parameters(model) == sum(cifar_resnet(n).values()) == EXPECTED[f"resnet{6 * n + 2}"][0]
 
 
 CIFAR = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"}

@@ -26,10 +26,14 @@ def data_root(root: Optional[str] = None) -> Path:
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    """The file's md5 as hex; a file that cannot be read (permissions, a folder in its place) is a DataError."""
     digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
     return digest.hexdigest()
 
 

@@ -70,16 +70,6 @@ def make_optimizer(parameters: Iterable[nn.Parameter], cfg: OptimConfig) -> torc
     return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fused)
 
 
-def descend(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[nn.Parameter], grad_clip: Optional[float] = None) -> None:
-    """One plain gradient step: zero_grad, backward, optional global-norm clipping, optimizer step.
-    (Accelerator.backward_step adds fp16 loss scaling around the same four moves.)"""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        nn.utils.clip_grad_norm_(parameters, grad_clip)
-    optimizer.step()
-
-
 class Schedule:
     """Sets every parameter group's lr from its base lr; `step()` once per training step."""
 
