@@ -1,5 +1,5 @@
 """`pixlab bench pixelcnn`: the cached sampler (generative/sampling.py) beside the naive one, same model, same seed;
-and the `pixlab bench train` rows of the VAE, DCGAN and PixelCNN (shared/bench.py says how those are timed).
+and the `pixlab bench train` rows of the VAE, DCGAN and PixelCNN (shared/cli/bench.py says how those are timed).
 
 Both samplers draw one batch of binary 28x28 images from a PixelCNN and a Gated PixelCNN of the default
 config's size (generative/pixelcnn.py, ModelConfig), at their random initialisation: the time per forward
@@ -19,11 +19,11 @@ from generative.dcgan import build_networks, to_tanh_range
 from generative.pixelcnn import ModelConfig, build_model, nll_nats
 from generative.sampling import sample
 from generative.vae import VAE, elbo_terms
-from shared.bench import TrainCase, plain_batches, plain_optimizer, timed_loop
 from shared.data.binarize import binarize
 from shared.data.tensors import ImageData
 from shared.machine import describe_machine, format_machine
-from shared.train.device import select_device
+from shared.train.device import select_device, synchronize
+from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
 
 
 def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "auto", seed: int = 0) -> dict:
@@ -36,10 +36,10 @@ def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "au
         model = build_model(cfg, channels=1, levels=2, num_classes=10).to(target)
         timings, images = {}, {}
         for name, cached in (("naive", False), ("cached", True)):
-            _sync(target)
+            synchronize(target)
             start = time.perf_counter()
             images[name] = sample(model, batch_size, shape, seed, cached=cached)
-            _sync(target)
+            synchronize(target)
             timings[name] = time.perf_counter() - start
         mismatched = int((images["naive"] != images["cached"]).sum())
         results.append(
@@ -64,11 +64,6 @@ def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "au
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def format_report(report: dict) -> str:
     lines = [
         f"pixelcnn sampling bench: {report['images']}, fp32; {format_machine(report['machine'])}",
@@ -76,7 +71,9 @@ def format_report(report: dict) -> str:
     ]
     for r in report["results"]:
         same = "identical" if r["samples_match"] else f"{r['mismatched_subpixels']} sub-pixels differ"
-        lines.append(f"{r['kind']:<9} {r['parameters']:>10} {r['naive_s']:>9.2f} {r['cached_s']:>9.2f} {r['speedup']:>7.1f}x  {same}")
+        lines.append(
+            f"{r['kind']:<9} {r['parameters']:>10} {r['naive_s']:>9.2f} {r['cached_s']:>9.2f} {r['speedup']:>7.1f}x  {same}"
+        )
         lines.append(f"          ({r['model']})")
     return "\n".join(lines)
 
@@ -145,7 +142,12 @@ def pixelcnn_reference(cfg, data: ImageData, device: torch.device) -> Callable[[
 
 TRAIN_CASES = {
     "vae": TrainCase(
-        "vae", "vae/binarized_mnist.yaml", "generative.vae", 60, vae_reference, ("eval.at_end=false", "metrics.network=none")
+        "vae",
+        "vae/binarized_mnist.yaml",
+        "generative.vae",
+        60,
+        vae_reference,
+        ("eval.at_end=false", "metrics.network=none"),
     ),
     "dcgan": TrainCase("dcgan", "dcgan/mnist.yaml", "generative.dcgan", 30, dcgan_reference, ("metrics.network=none",)),
     "pixelcnn": TrainCase(

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
 from shared.config import RunConfig, register, require, require_positive
-from shared.errors import ConfigError
 from shared.data import ImageData, epoch_order, load_dataset
+from shared.errors import ConfigError
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
@@ -83,9 +83,19 @@ class DCGANConfig(RunConfig):
         require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
         side = image_side(self)
         power_of_two = side >= 16 and side & (side - 1) == 0
-        require(power_of_two, "data.pad", f"gives {side}x{side} images; DCGAN needs a power of two >= 16 (MNIST: pad 2, CIFAR-10: pad 0)", self.data.pad)
+        require(
+            power_of_two,
+            "data.pad",
+            f"gives {side}x{side} images; DCGAN needs a power of two >= 16 (MNIST: pad 2, CIFAR-10: pad 0)",
+            self.data.pad,
+        )
         require_positive(self, "model.latent_dim", "model.generator_width", "model.discriminator_width", "train.epochs")
-        require(self.train.batch_size > 1, "train.batch_size", "must be > 1 (batch norm needs two images)", self.train.batch_size)
+        require(
+            self.train.batch_size > 1,
+            "train.batch_size",
+            "must be > 1 (batch norm needs two images)",
+            self.train.batch_size,
+        )
         require_positive(self, "optim.lr", "samples", optional=("train.max_steps",))
         check_metrics_config(self.metrics, self.data.name)
 
@@ -131,7 +141,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     # Whole batches only: a last batch of a few images would give batch norm poor statistics.
     clock = EpochClock.from_config(cfg, steps_per_epoch=n_train // cfg.train.batch_size)
     objects = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
-    scorer = SampleScorer(cfg.metrics, data, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
+    scorer = (
+        SampleScorer(cfg.metrics, data, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
+    )
     fixed_noise = torch.randn(
         cfg.samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
     ).to(run.device)
@@ -145,7 +157,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     ones = torch.ones(cfg.train.batch_size, device=run.device)
     zeros = torch.zeros(cfg.train.batch_size, device=run.device)
 
-    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True
+    )
     last = {}  # the metrics of the last evaluation, which the summary repeats
     while not clock.stop_now:
         order = epoch_order(n_train, cfg.seed, clock.epoch, run.device)
@@ -158,7 +172,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
                 fake = g_net(torch.randn(len(real), cfg.model.latent_dim, device=run.device))
                 real_logits = d_net(real).float()
                 fake_logits = d_net(fake.detach()).float()  # no gradient into G from D's step
-            d_loss = F.binary_cross_entropy_with_logits(real_logits, ones) + F.binary_cross_entropy_with_logits(fake_logits, zeros)
+            d_loss = F.binary_cross_entropy_with_logits(real_logits, ones) + F.binary_cross_entropy_with_logits(
+                fake_logits, zeros
+            )
             # D's step leaves the fp16 loss scale alone: it is updated once per training step, after G's.
             accel.backward_step(d_loss, opt_d, discriminator.parameters(), update_scale=False)
 
@@ -170,7 +186,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
             accel.backward_step(g_loss, opt_g, generator.parameters())
 
             clock.tick()
-            running.add(d_loss=d_loss, g_loss=g_loss, d_real=real_logits.sigmoid().mean(), d_fake=fake_logits.sigmoid().mean())
+            running.add(
+                d_loss=d_loss, g_loss=g_loss, d_real=real_logits.sigmoid().mean(), d_fake=fake_logits.sigmoid().mean()
+            )
             progress.update(1)
 
             if clock.log_now:
@@ -191,7 +209,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     if clock.stopped:
         return
 
-    if scorer is not None and clock.step != last.get("step"):  # a finished run resumed: nothing was scored in this process
+    if scorer is not None and clock.step != last.get(
+        "step"
+    ):  # a finished run resumed: nothing was scored in this process
         last = {"step": clock.step} | scorer.score(sampler(generator))
     summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if scorer is not None:
@@ -201,7 +221,16 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     print(f"{cfg.name}: {clock.step} steps; {scores}")
 
 
-def end_of_epoch(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, fixed_noise: torch.Tensor, scorer, step: int, progress, score: bool) -> dict:
+def end_of_epoch(
+    cfg: DCGANConfig,
+    run: Run,
+    generator: DCGANGenerator,
+    fixed_noise: torch.Tensor,
+    scorer,
+    step: int,
+    progress,
+    score: bool,
+) -> dict:
     """Log the fixed-noise sample grid and, when `score`, the samples' FID and IS; return {'step': step, **scores}."""
     generator.eval()
     with torch.no_grad():
@@ -217,7 +246,9 @@ def end_of_epoch(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, fixed_no
 def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
     """The FID and IS analogue of `metrics.num_samples` samples of the checkpoint's generator."""
     if cfg.metrics.network == "none":
-        raise ConfigError("this run has metrics.network='none': pixlab eval of a DCGAN scores its samples, and there is no feature network")
+        raise ConfigError(
+            "this run has metrics.network='none': pixlab eval of a DCGAN scores its samples, and there is no feature network"
+        )
     device = select_device(cfg.device)
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download).to(device)
     generator, _ = build_networks(cfg, data.train.images.shape[1], device)
@@ -227,7 +258,10 @@ def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "dcgan", DCGANConfig, train, evaluate,
+    "dcgan",
+    DCGANConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "samples/fid_lenet", "goal": "minimize"},  # comparable between pixlab runs only
         {"name": "samples/is_lenet", "goal": "maximize"},

@@ -69,10 +69,17 @@ class MetricsConfig:
 
 def check_metrics_config(cfg: MetricsConfig, dataset: str) -> None:
     """Range checks for the `metrics` section of a generative config reading `dataset`."""
-    require(cfg.num_samples >= 2, "metrics.num_samples", "must be >= 2 (a covariance needs two samples)", cfg.num_samples)
+    require(
+        cfg.num_samples >= 2, "metrics.num_samples", "must be >= 2 (a covariance needs two samples)", cfg.num_samples
+    )
     require(cfg.batch_size > 0, "metrics.batch_size", "must be > 0", cfg.batch_size)
     require(cfg.classifier_epochs > 0, "metrics.classifier_epochs", "must be > 0", cfg.classifier_epochs)
-    require((cfg.classifier_max_steps or 1) > 0, "metrics.classifier_max_steps", "must be > 0 or null", cfg.classifier_max_steps)
+    require(
+        (cfg.classifier_max_steps or 1) > 0,
+        "metrics.classifier_max_steps",
+        "must be > 0 or null",
+        cfg.classifier_max_steps,
+    )
     require(
         cfg.network != "lenet" or dataset == "mnist",
         "metrics.network",
@@ -184,7 +191,9 @@ class ClassifierFeatures(FeatureNetwork):
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         margin = self.input_size - images.shape[-1]
         if margin < 0 or margin % 2 or images.shape[-2] != images.shape[-1]:
-            raise ValueError(f"cannot pad {tuple(images.shape[-2:])} images to the classifier's {self.input_size}x{self.input_size}")
+            raise ValueError(
+                f"cannot pad {tuple(images.shape[-2:])} images to the classifier's {self.input_size}x{self.input_size}"
+            )
         x = F.pad(images.float(), (margin // 2,) * 4)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
@@ -201,11 +210,15 @@ class TorchScriptFeatures(FeatureNetwork):
     def __init__(self, path: str, device: torch.device, channels: int, image_size: int) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ConfigError(f"metrics.inception_weights={path!r}: no such file. Give the path of a TorchScript Inception file (e.g. inception-2015-12-05.pt)")
+            raise ConfigError(
+                f"metrics.inception_weights={path!r}: no such file. Give the path of a TorchScript Inception file (e.g. inception-2015-12-05.pt)"
+            )
         try:
             self.net = torch.jit.load(str(self.path), map_location=device).eval()
         except Exception as e:  # torch raises RuntimeError or ValueError for a file that is not TorchScript
-            raise ConfigError(f"metrics.inception_weights={path!r} is not a TorchScript file that torch.jit.load can read ({_first_line(e)})") from None
+            raise ConfigError(
+                f"metrics.inception_weights={path!r} is not a TorchScript file that torch.jit.load can read ({_first_line(e)})"
+            ) from None
         probe = torch.rand(2, channels, image_size, image_size, device=device)
         try:
             features, probs = self(probe)
@@ -215,9 +228,15 @@ class TorchScriptFeatures(FeatureNetwork):
                 f"(2, 3, {image_size}, {image_size}) images in [0, 255] failed ({_first_line(e)})"
             ) from None
         if features.dim() != 2 or probs.dim() != 2 or len(features) != 2 or len(probs) != 2:
-            raise ConfigError(f"metrics.inception_weights={path!r} returned {tuple(features.shape)} features and {tuple(probs.shape)} probabilities for 2 images; expected (2, D) and (2, K)")
-        if not torch.allclose(probs.double().sum(1), torch.ones(2, dtype=torch.float64, device=probs.device), atol=1e-3):
-            raise ConfigError(f"metrics.inception_weights={path!r}: net(x) must return class probabilities (rows summing to 1)")
+            raise ConfigError(
+                f"metrics.inception_weights={path!r} returned {tuple(features.shape)} features and {tuple(probs.shape)} probabilities for 2 images; expected (2, D) and (2, K)"
+            )
+        if not torch.allclose(
+            probs.double().sum(1), torch.ones(2, dtype=torch.float64, device=probs.device), atol=1e-3
+        ):
+            raise ConfigError(
+                f"metrics.inception_weights={path!r}: net(x) must return class probabilities (rows summing to 1)"
+            )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,11 +253,15 @@ def load_classifier_run(path: str, device: torch.device) -> ClassifierFeatures:
     source = Path(path).expanduser()
     checkpoint_path = latest_checkpoint(source) if source.is_dir() else source
     if checkpoint_path is None or not checkpoint_path.exists():
-        raise ConfigError(f"metrics.classifier={path!r}: no checkpoint there; give a classify run folder or a checkpoint file")
+        raise ConfigError(
+            f"metrics.classifier={path!r}: no checkpoint there; give a classify run folder or a checkpoint file"
+        )
     run_dir = checkpoint_path.parent.parent if not source.is_dir() else source
     _, cfg = load_config(run_dir / "config.yaml")
     if not isinstance(cfg, ClassifyConfig) or cfg.data.name != "mnist":
-        raise ConfigError(f"metrics.classifier={path!r} is not a classify run on MNIST (its config is algo={cfg.algo!r})")
+        raise ConfigError(
+            f"metrics.classifier={path!r} is not a classify run on MNIST (its config is algo={cfg.algo!r})"
+        )
     model = build_model(cfg.model.name, 10, in_channels=1).to(device)
     state = load_checkpoint(checkpoint_path, map_location=device)["state"]
     model.load_state_dict(state["ema"]["module"] if "ema" in state else state["model"])
@@ -338,8 +361,13 @@ def build_cache(recipe, path: Path, key: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.parent / f".build-{key}-{os.getpid()}"
     recipe.runs_dir = str(scratch)
-    budget = f"{recipe.train.epochs} epochs" + (f", at most {recipe.train.max_steps} steps" if recipe.train.max_steps else "")
-    print(f"pixlab: training the LeNet-5 feature network for LeNet-FID ({budget}); it is cached in {path}", file=sys.stderr)
+    budget = f"{recipe.train.epochs} epochs" + (
+        f", at most {recipe.train.max_steps} steps" if recipe.train.max_steps else ""
+    )
+    print(
+        f"pixlab: training the LeNet-5 feature network for LeNet-FID ({budget}); it is cached in {path}",
+        file=sys.stderr,
+    )
     try:
         with Run.create(recipe, argv=["generative.metrics: LeNet-5 for LeNet-FID"]) as inner:
             classify.train(recipe, inner)
@@ -348,7 +376,13 @@ def build_cache(recipe, path: Path, key: str) -> dict:
         checkpoint = load_checkpoint(latest_checkpoint(inner.dir))
         summary = read_metrics(inner.dir / "metrics.jsonl")[-1]["summary"]
         model = checkpoint["state"]["model"]
-        entry = {"format": CACHE_FORMAT, "key": key, "model": model, "digest": weights_digest(model), "test_error": float(summary["test/error"])}
+        entry = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "model": model,
+            "digest": weights_digest(model),
+            "test_error": float(summary["test/error"]),
+        }
         atomic_torch_save(entry, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -359,11 +393,15 @@ class Interrupted(PixlabError):
     """A signal arrived while the feature network was being trained: nothing was cached."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by signal {signum} while training the LeNet-5 feature network; nothing was cached or checkpointed")
+        super().__init__(
+            f"stopped by signal {signum} while training the LeNet-5 feature network; nothing was cached or checkpointed"
+        )
         self.exit_code = 128 + signum
 
 
-def feature_network(cfg: MetricsConfig, data_root: Optional[str], device: torch.device, channels: int, image_size: int) -> FeatureNetwork:
+def feature_network(
+    cfg: MetricsConfig, data_root: Optional[str], device: torch.device, channels: int, image_size: int
+) -> FeatureNetwork:
     """The feature network `cfg.network` names (not 'none'), made without a trace in the global RNGs.
 
     Building one draws random numbers (initialisations, a probe batch, and Run.create's reseeding when the
@@ -389,7 +427,9 @@ class SampleScorer:
     scores of one run see the same latent draws, and the global RNGs are never touched.
     """
 
-    def __init__(self, cfg: MetricsConfig, data: ImageData, data_root: Optional[str], device: torch.device, seed: int) -> None:
+    def __init__(
+        self, cfg: MetricsConfig, data: ImageData, data_root: Optional[str], device: torch.device, seed: int
+    ) -> None:
         self.cfg, self.device, self.seed = cfg, device, seed
         channels, size = data.train.images.shape[1:3]
         self.net = feature_network(cfg, data_root, device, channels, size)

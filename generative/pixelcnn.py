@@ -65,7 +65,9 @@ DATA = {
 
 
 # ------------------------------------------------------------------------------------------- layers
-def causal_mask(kernel_size: tuple[int, int], mask_type: str, in_channels: int, out_channels: int, colours: int = 1) -> torch.Tensor:
+def causal_mask(
+    kernel_size: tuple[int, int], mask_type: str, in_channels: int, out_channels: int, colours: int = 1
+) -> torch.Tensor:
     """The mask (out_channels, in_channels, kh, kw) of a convolution in raster order, 1 where a tap is allowed.
 
     Rows above the centre: all taps; the centre row: the columns left of the centre; the centre tap: input
@@ -170,14 +172,25 @@ class ResidualBlock(nn.Module):
 class PixelCNN(nn.Module):
     """The PixelCNN of the PixelRNN paper: 7x7 mask A (C -> 2h), residual blocks, output head."""
 
-    def __init__(self, channels: int, levels: int, hidden: int, layers: int, first_kernel: int = 7, kernel: int = 3, head_hidden: int = 64):
+    def __init__(
+        self,
+        channels: int,
+        levels: int,
+        hidden: int,
+        layers: int,
+        first_kernel: int = 7,
+        kernel: int = 3,
+        head_hidden: int = 64,
+    ):
         super().__init__()
         self.levels = levels
         self.first = MaskedConv2d(channels, 2 * hidden, first_kernel, "A", channels)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, kernel, channels) for _ in range(layers))
         self.head = OutputHead(2 * hidden, head_hidden, channels, levels)
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, cursor: Optional[Cursor] = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, cursor: Optional[Cursor] = None
+    ) -> torch.Tensor:
         """Pixel levels (B, C, H, W) -> logits (B, K, C, H, W), or (B, K, C, 1, 1) at a cursor. Unconditional: labels unused."""
         x = self.first(to_input(images, self.levels, self.first.weight.dtype), cursor)
         for block in self.blocks:
@@ -204,7 +217,9 @@ class GatedLayer(nn.Module):
     it nor the link needs them.
     """
 
-    def __init__(self, in_channels: int, hidden: int, kernel: int, first: bool, colours: int, num_classes: Optional[int]):
+    def __init__(
+        self, in_channels: int, hidden: int, kernel: int, first: bool, colours: int, num_classes: Optional[int]
+    ):
         super().__init__()
         self.first = first
         self.vertical = MaskedConv2d(in_channels, 2 * hidden, kernel, "A" if first else "B", vertical=True)
@@ -221,7 +236,9 @@ class GatedLayer(nn.Module):
             pre = pre + self.embed_v(labels)[:, :, None, None]
         return gate(pre), self.link(pre)
 
-    def horizontal_step(self, h: torch.Tensor, link: torch.Tensor, labels: Optional[torch.Tensor], cursor: Optional[Cursor]) -> torch.Tensor:
+    def horizontal_step(
+        self, h: torch.Tensor, link: torch.Tensor, labels: Optional[torch.Tensor], cursor: Optional[Cursor]
+    ) -> torch.Tensor:
         pre = self.horizontal(h, cursor) + link
         if self.embed_h is not None:
             pre = pre + self.embed_h(labels)[:, :, None, None]
@@ -246,7 +263,14 @@ class GatedPixelCNN(nn.Module):
         super().__init__()
         self.levels = levels
         self.layers = nn.ModuleList(
-            GatedLayer(channels if i == 0 else hidden, hidden, first_kernel if i == 0 else kernel, i == 0, channels, num_classes)
+            GatedLayer(
+                channels if i == 0 else hidden,
+                hidden,
+                first_kernel if i == 0 else kernel,
+                i == 0,
+                channels,
+                num_classes,
+            )
             for i in range(layers + 1)
         )
         self.head = OutputHead(hidden, head_hidden, channels, levels)
@@ -259,7 +283,9 @@ class GatedPixelCNN(nn.Module):
             links.append(link)
         return links
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, cursor: Optional[Cursor] = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, cursor: Optional[Cursor] = None
+    ) -> torch.Tensor:
         """Pixel levels (B, C, H, W) and labels (B,) if conditional -> logits (B, K, C, H, W), or (B, K, C, 1, 1) at a cursor."""
         x = to_input(images, self.levels, self.head.out.weight.dtype)
         if cursor is None:
@@ -305,7 +331,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: Literal["pixelcnn", "gated"] = "pixelcnn"
-    hidden: int = 32  # pixelcnn: h, the residual stream is 2h wide; gated: p, each stack's width. A multiple of 3 for colour
+    hidden: int = (
+        32  # pixelcnn: h, the residual stream is 2h wide; gated: p, each stack's width. A multiple of 3 for colour
+    )
     layers: int = 6  # residual blocks (pixelcnn) or gated layers (gated) after the first layer
     first_kernel: int = 7  # the first layer's k x k (mask A); odd
     kernel: int = 3  # the later layers' k x k (mask B); odd
@@ -343,18 +371,57 @@ class PixelCNNConfig(RunConfig):
         super().__post_init__()
         m = self.model
         channels = DATA[self.data.name][1]
-        require(m.hidden > 0 and m.hidden % channels == 0, "model.hidden", f"must be a positive multiple of {channels} (the colour groups of {self.data.name})", m.hidden)
+        require(
+            m.hidden > 0 and m.hidden % channels == 0,
+            "model.hidden",
+            f"must be a positive multiple of {channels} (the colour groups of {self.data.name})",
+            m.hidden,
+        )
         require(m.layers >= 0, "model.layers", "must be >= 0", m.layers)
-        require(m.first_kernel >= 3 and m.first_kernel % 2 == 1, "model.first_kernel", "must be odd and >= 3", m.first_kernel)
+        require(
+            m.first_kernel >= 3 and m.first_kernel % 2 == 1,
+            "model.first_kernel",
+            "must be odd and >= 3",
+            m.first_kernel,
+        )
         require(m.kernel >= 3 and m.kernel % 2 == 1, "model.kernel", "must be odd and >= 3", m.kernel)
-        require(m.head_hidden > 0 and m.head_hidden % channels == 0, "model.head_hidden", f"must be a positive multiple of {channels}", m.head_hidden)
-        require(not m.conditional or m.kind == "gated", "model.conditional", "class conditioning needs model.kind=gated", m.conditional)
-        require_positive(self, "train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr", "sample.count", optional=("train.max_steps",))
-        require(self.schedule.name != "plateau", "schedule.name", "'plateau' reads a validation loss, which this trainer does not hold out", self.schedule.name)
+        require(
+            m.head_hidden > 0 and m.head_hidden % channels == 0,
+            "model.head_hidden",
+            f"must be a positive multiple of {channels}",
+            m.head_hidden,
+        )
+        require(
+            not m.conditional or m.kind == "gated",
+            "model.conditional",
+            "class conditioning needs model.kind=gated",
+            m.conditional,
+        )
+        require_positive(
+            self,
+            "train.epochs",
+            "train.batch_size",
+            "train.eval_batch_size",
+            "optim.lr",
+            "sample.count",
+            optional=("train.max_steps",),
+        )
+        require(
+            self.schedule.name != "plateau",
+            "schedule.name",
+            "'plateau' reads a validation loss, which this trainer does not hold out",
+            self.schedule.name,
+        )
 
 
 def build_model(cfg: ModelConfig, channels: int, levels: int, num_classes: int) -> nn.Module:
-    sizes = dict(hidden=cfg.hidden, layers=cfg.layers, first_kernel=cfg.first_kernel, kernel=cfg.kernel, head_hidden=cfg.head_hidden)
+    sizes = dict(
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        first_kernel=cfg.first_kernel,
+        kernel=cfg.kernel,
+        head_hidden=cfg.head_hidden,
+    )
     if cfg.kind == "gated":
         return GatedPixelCNN(channels, levels, **sizes, num_classes=num_classes if cfg.conditional else None)
     return PixelCNN(channels, levels, **sizes)
@@ -386,7 +453,9 @@ def load_images(cfg: PixelCNNConfig, device: torch.device, train: bool = True) -
     dataset, _, levels = DATA[cfg.data.name]
     data = load_dataset(dataset, cfg.data.root, cfg.data.download)
     test = Split(binarize_test(data.test.images), data.test.labels) if levels == 2 else data.test
-    return Images(data.train.to(device) if train else data.train, test.to(device), levels, data.num_classes, levels == 2)
+    return Images(
+        data.train.to(device) if train else data.train, test.to(device), levels, data.num_classes, levels == 2
+    )
 
 
 def train(cfg: PixelCNNConfig, run: Run) -> None:
@@ -407,12 +476,16 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
     clock.start(state["step"])
     running = RunningMeans(["loss"], run.device, state)  # nats per image
 
-    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True
+    )
     scored: tuple[int, dict] = (-1, {})  # the last step whose test metrics were logged, and those metrics
     while not clock.stop_now:
         order = epoch_order(len(data.train), cfg.seed, clock.epoch, run.device)
         model.train()
-        for images, labels in data.train_epoch(cfg.seed, clock.epoch).batches(cfg.train.batch_size, order, start=clock.batch):
+        for images, labels in data.train_epoch(cfg.seed, clock.epoch).batches(
+            cfg.train.batch_size, order, start=clock.batch
+        ):
             with accel.autocast():
                 logits = net(accel.to_input(images), labels if conditional else None)
             nats = nll_nats(logits, images).mean()  # per image
@@ -432,7 +505,9 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
             if clock.epoch_ended:
                 scored = (clock.step, score(cfg, run, model, data, clock.step))
-                progress.write(f"epoch {clock.step // clock.steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}")
+                progress.write(
+                    f"epoch {clock.step // clock.steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}"
+                )
                 model.train()
             clock.stopped = run.should_stop
             if clock.checkpoint_now:
@@ -458,7 +533,9 @@ def score(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Images, step: i
     metrics = evaluate_nll(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
     run.log(metrics, step)
     grid = sample_grid(cfg, model, data)
-    run.log_images("samples", grid, step, nrow=len(grid) // data.num_classes if cfg.model.conditional else 8)  # a row per class
+    run.log_images(
+        "samples", grid, step, nrow=len(grid) // data.num_classes if cfg.model.conditional else 8
+    )  # a row per class
     return metrics
 
 
@@ -499,7 +576,10 @@ def evaluate(cfg: PixelCNNConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "pixelcnn", PixelCNNConfig, train, evaluate,
+    "pixelcnn",
+    PixelCNNConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "test/nll_nats", "goal": "minimize", "unit": "nats/image"},
         {"name": "test/bits_per_dim", "goal": "minimize", "unit": "bits/dim"},

@@ -105,7 +105,9 @@ def sample(
     """
     channels, height, width = shape
     device = next(model.parameters()).device
-    uniforms = torch.rand((count, channels, height, width), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    uniforms = torch.rand(
+        (count, channels, height, width), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     uniforms = uniforms.to(device)
     canvas = torch.zeros(count, channels, height, width, dtype=torch.long, device=device)
     cursor = Cursor(height, width) if cached else None

@@ -109,8 +109,25 @@ class VAEConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_positive(self, "model.latent_dim", "model.width", "train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr", "eval.iwae_k", "eval.chunk", "media.samples", optional=("train.max_steps", "eval.test_images"))
-        require(self.media.interpolation_steps >= 2, "media.interpolation_steps", "must be >= 2", self.media.interpolation_steps)
+        require_positive(
+            self,
+            "model.latent_dim",
+            "model.width",
+            "train.epochs",
+            "train.batch_size",
+            "train.eval_batch_size",
+            "optim.lr",
+            "eval.iwae_k",
+            "eval.chunk",
+            "media.samples",
+            optional=("train.max_steps", "eval.test_images"),
+        )
+        require(
+            self.media.interpolation_steps >= 2,
+            "media.interpolation_steps",
+            "must be >= 2",
+            self.media.interpolation_steps,
+        )
         require(self.media.manifold_size >= 2, "media.manifold_size", "must be >= 2", self.media.manifold_size)
         require(
             self.data.likelihood != "bernoulli" or self.data.name == "mnist",
@@ -118,7 +135,12 @@ class VAEConfig(RunConfig):
             "'bernoulli' models binarized MNIST; use 'logistic' for 8-bit colour images",
             self.data.likelihood,
         )
-        require(self.schedule.name != "plateau", "schedule.name", "'plateau' reads a validation split, which the VAE does not hold out", self.schedule.name)
+        require(
+            self.schedule.name != "plateau",
+            "schedule.name",
+            "'plateau' reads a validation split, which the VAE does not hold out",
+            self.schedule.name,
+        )
         check_metrics_config(self.metrics, self.data.name)
 
 
@@ -190,7 +212,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
 
 
-def elbo_terms(vae: VAE, x: torch.Tensor, target: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def elbo_terms(
+    vae: VAE, x: torch.Tensor, target: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x|z), KL(q || p)) per image, nats, (B,) each, with z = mu + sigma * noise, noise (B, latent_dim).
 
     The terms are computed in fp32 under autocast too: each sums hundreds of per-pixel terms, which bf16's
@@ -258,7 +282,11 @@ def train(cfg: VAEConfig, run: Run) -> None:
     clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(n_train / cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     objects = {"model": vae, "optimizer": optimizer, "schedule": schedule}
-    scorer = SampleScorer(cfg.metrics, data.images, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
+    scorer = (
+        SampleScorer(cfg.metrics, data.images, cfg.data.root, run.device, cfg.seed)
+        if cfg.metrics.network != "none"
+        else None
+    )
 
     state = run.restore(objects) or {"step": 0}
     clock.start(state["step"])
@@ -267,7 +295,9 @@ def train(cfg: VAEConfig, run: Run) -> None:
     # had an Accelerator hold none, and must still resume.
     accel.load_state_dict(state.get("accel"))
 
-    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True
+    )
     last = {}  # the metrics of the last evaluation, which the summary repeats
     while not clock.stop_now:
         order = epoch_order(n_train, cfg.seed, clock.epoch, run.device)
@@ -303,7 +333,11 @@ def train(cfg: VAEConfig, run: Run) -> None:
         return
 
     if clock.step != last.get("step"):  # a finished run resumed: nothing was evaluated in this process
-        last = {"step": clock.step} | test_elbo(vae, data, cfg) | (scorer.score(sampler(vae)) if scorer is not None else {})
+        last = (
+            {"step": clock.step}
+            | test_elbo(vae, data, cfg)
+            | (scorer.score(sampler(vae)) if scorer is not None else {})
+        )
     summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if cfg.eval.at_end:
         summary |= test_iwae(vae, data, cfg)
@@ -377,7 +411,12 @@ def test_iwae(vae: VAE, data: VAEData, cfg: VAEConfig) -> dict:
         x, target = data.inputs(test[first : first + group])
         log_w = torch.cat(
             [
-                log_importance_weights(vae, x, target, torch.randn(len(x), min(per_piece, k - s), vae.latent_dim, generator=generator, device=device))
+                log_importance_weights(
+                    vae,
+                    x,
+                    target,
+                    torch.randn(len(x), min(per_piece, k - s), vae.latent_dim, generator=generator, device=device),
+                )
                 for s in range(0, k, per_piece)
             ],
             dim=1,
@@ -420,7 +459,9 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
     x, _ = data.inputs(data.test[: m.reconstructions])  # (N, C, H, W) in [0, 1]
     rebuilt = vae.decode_mean(vae.encode(x)[0])
     rows = [t for first in range(0, len(x), 8) for t in (x[first : first + 8], rebuilt[first : first + 8])]
-    run.log_images("media/reconstructions", torch.cat(rows), step)  # odd rows the test images, even rows their reconstructions
+    run.log_images(
+        "media/reconstructions", torch.cat(rows), step
+    )  # odd rows the test images, even rows their reconstructions
 
     z = torch.randn(m.samples, vae.latent_dim, generator=generator, device=device)
     run.log_images("samples", vae.decode_mean(z), step)  # the stable W&B media key
@@ -439,7 +480,10 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
 
 
 register(
-    "vae", VAEConfig, train, evaluate,
+    "vae",
+    VAEConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "test/elbo_nats", "goal": "minimize", "unit": "nats/image"},  # the negative ELBO, every epoch
         {"name": "test/nll_nats", "goal": "minimize", "unit": "nats/image", "once": True},  # the IWAE bound

@@ -1,5 +1,5 @@
 """`pixlab bench dqn`: our DQN beside Stable-Baselines3's on Pong, same hyperparameters, same process; and the
-`pixlab bench train` row of the Recurrent Attention Model (shared/bench.py says how those are timed).
+`pixlab bench train` row of the Recurrent Attention Model (shared/cli/bench.py says how those are timed).
 
 Both agents: Nature CNN, Adam 1e-4, batch 32, one gradient step per 4 agent steps, learning from step
 `learning_starts`, target copy every 1,000 steps, the same replay size, one environment, no sticky
@@ -32,19 +32,20 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from shared.bench import TrainCase, plain_batches, plain_optimizer, timed_loop
 from shared.config import CheckpointConfig, TrackingConfig
 from shared.data.tensors import ImageData
 from shared.machine import describe_machine, format_machine
 from shared.run import Run
 from shared.tracking import read_metrics
-
+from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
 
 WARMUP = 250  # agent steps after learning_starts left out of both timings (allocations; compile, if on)
 PART_CALLS = {"env_step": 200, "act": 200, "replay_write": 200, "replay_sample": 50, "train_step": 30}  # timed calls
 
 
-def bench_dqn(steps: int = 3000, learning_starts: int = 1000, buffer_size: int = 100_000, seed: int = 0, compile: bool = False) -> dict:
+def bench_dqn(
+    steps: int = 3000, learning_starts: int = 1000, buffer_size: int = 100_000, seed: int = 0, compile: bool = False
+) -> dict:
     cfg = _config(steps, learning_starts, buffer_size, seed, compile)
     ours = _ours(cfg)
     ours["parts"] = time_parts(cfg)
@@ -145,7 +146,9 @@ def time_parts(cfg) -> dict:
     autoreset = np.zeros(1, dtype=bool)
     for i in range(max(a.learning_starts, PART_CALLS["env_step"])):
         actions = rng.integers(0, num_actions, 1)
-        obs, rewards, terminated, truncated, _ = timed("env_step", env.step, actions) if i < PART_CALLS["env_step"] else env.step(actions)
+        obs, rewards, terminated, truncated, _ = (
+            timed("env_step", env.step, actions) if i < PART_CALLS["env_step"] else env.step(actions)
+        )
         args = (actions, np.sign(rewards), terminated, truncated, newest_frame(obs), autoreset)
         timed("replay_write", replay.step, *args) if i < PART_CALLS["replay_write"] else replay.step(*args)
         autoreset = terminated | truncated
@@ -172,7 +175,12 @@ def time_parts(cfg) -> dict:
     window = np.arange(first, cfg.total_steps) if cfg.total_steps > first else np.array([first])
     epsilon = a.eps_end + (a.eps_start - a.eps_end) * np.clip(1 - window / a.eps_decay_steps, 0.0, 1.0)
     greedy = float(1 - epsilon.mean())
-    per_step = ms["env_step"] + ms["replay_write"] + greedy * ms["act"] + (ms["replay_sample"] + ms["train_step"]) / a.train_freq
+    per_step = (
+        ms["env_step"]
+        + ms["replay_write"]
+        + greedy * ms["act"]
+        + (ms["replay_sample"] + ms["train_step"]) / a.train_freq
+    )
     return {
         "ms_per_call": {part: round(value, 3) for part, value in ms.items()},
         "greedy_fraction": round(greedy, 3),
@@ -223,7 +231,14 @@ def _sb3(steps: int, learning_starts: int, buffer_size: int, seed: int) -> dict:
     model.learn(total_timesteps=steps, callback=clock)
     elapsed = time.perf_counter() - clock.start[0]
     buffer = model.replay_buffer
-    arrays = [buffer.observations, buffer.next_observations, buffer.actions, buffer.rewards, buffer.dones, buffer.timeouts]
+    arrays = [
+        buffer.observations,
+        buffer.next_observations,
+        buffer.actions,
+        buffer.rewards,
+        buffer.dones,
+        buffer.timeouts,
+    ]
     total_bytes = sum(a.nbytes for a in arrays if a is not None)
     env.close()
     return {
@@ -259,7 +274,9 @@ def ram_reference(cfg, data: ImageData, device: torch.device):
 
     model = RecurrentAttention(1, data.num_classes, cfg.model).to(device)
     optimizer = plain_optimizer(model.parameters(), cfg.optim)
-    batches = plain_batches([data.train.images.cpu().float().div(255), data.train.labels.cpu()], cfg.train.batch_size, device)
+    batches = plain_batches(
+        [data.train.images.cpu().float().div(255), data.train.labels.cpu()], cfg.train.batch_size, device
+    )
 
     def step() -> None:
         x, y = next(batches)

@@ -82,9 +82,24 @@ class DQNConfig(RunConfig):
         require_positive(self, "total_steps", "env.num_envs")
         require(a.n_step >= 1, "agent.n_step", "must be >= 1", a.n_step)
         require(0 < a.gamma <= 1, "agent.gamma", "must be in (0, 1]", a.gamma)
-        require(a.train_freq > 0 and a.target_update > 0, "agent.train_freq", "and agent.target_update must be > 0", a.train_freq)
-        require(a.learning_starts >= a.batch_size, "agent.learning_starts", f"must be >= agent.batch_size ({a.batch_size})", a.learning_starts)
-        require(a.buffer_size >= a.batch_size, "agent.buffer_size", f"must be >= agent.batch_size ({a.batch_size})", a.buffer_size)
+        require(
+            a.train_freq > 0 and a.target_update > 0,
+            "agent.train_freq",
+            "and agent.target_update must be > 0",
+            a.train_freq,
+        )
+        require(
+            a.learning_starts >= a.batch_size,
+            "agent.learning_starts",
+            f"must be >= agent.batch_size ({a.batch_size})",
+            a.learning_starts,
+        )
+        require(
+            a.buffer_size >= a.batch_size,
+            "agent.buffer_size",
+            f"must be >= agent.batch_size ({a.batch_size})",
+            a.buffer_size,
+        )
         require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
 
     def check(self) -> None:
@@ -184,7 +199,11 @@ def train(cfg: DQNConfig, run: Run) -> None:
             next_target = _next_multiple(step, a.target_update)
         if step >= next_log:
             elapsed = time.perf_counter() - clock
-            metrics = {"train/epsilon": epsilon, "train/steps_per_s": (step - clock_step) / max(elapsed, 1e-9), "train/updates": updates}
+            metrics = {
+                "train/epsilon": epsilon,
+                "train/steps_per_s": (step - clock_step) / max(elapsed, 1e-9),
+                "train/updates": updates,
+            }
             if losses:
                 metrics["train/loss"] = torch.stack(losses).mean().item()
                 metrics["train/q"] = torch.stack(q_means).mean().item()
@@ -210,8 +229,13 @@ def train(cfg: DQNConfig, run: Run) -> None:
     save()
     final = evaluate(cfg, q, run, step)
     run.log(final, step)
-    run.summary(final | {"train/steps": step, "train/updates": updates, "replay/bytes_per_transition": replay.bytes_per_transition})
-    print(f"{cfg.name}: evaluation return {final['eval/return']:.2f} +/- {final['eval/return_std']:.2f} over {final['eval/episodes']} episodes after {step} steps")
+    run.summary(
+        final
+        | {"train/steps": step, "train/updates": updates, "replay/bytes_per_transition": replay.bytes_per_transition}
+    )
+    print(
+        f"{cfg.name}: evaluation return {final['eval/return']:.2f} +/- {final['eval/return_std']:.2f} over {final['eval/episodes']} episodes after {step} steps"
+    )
 
 
 def td_loss(q: nn.Module, target: nn.Module, batch, as_input, a: AgentConfig, device: torch.device):
@@ -280,7 +304,10 @@ def evaluate_checkpoint(cfg: DQNConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "dqn", DQNConfig, train, evaluate_checkpoint,
+    "dqn",
+    DQNConfig,
+    train,
+    evaluate_checkpoint,
     metrics=[
         {"name": "eval/return", "goal": "maximize"},  # the evaluation policy (eps 0.05, no-op starts)
         {"name": "eval/hns", "goal": "maximize", "unit": "% of human"},  # Atari games of the Nature table only

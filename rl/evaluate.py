@@ -73,7 +73,9 @@ def evaluate_policy(
 
     Episodes are played `cfg.num_envs` at a time, each env playing a fixed quota of them (EpisodeQuota).
     """
-    env_cfg = replace(env_cfg, num_envs=min(cfg.num_envs, cfg.episodes), clip_rewards=False, terminal_on_life_loss=False)
+    env_cfg = replace(
+        env_cfg, num_envs=min(cfg.num_envs, cfg.episodes), clip_rewards=False, terminal_on_life_loss=False
+    )
     env = make_vec_env(env_cfg, max_episode_frames=cfg.max_episode_frames)
     signal = TrainingSignal(env_cfg, env_cfg.num_envs)
     obs, info = env.reset(seed=seed)

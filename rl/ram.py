@@ -80,7 +80,12 @@ class RAMConfig(RunConfig):
         t, m = self.task, self.model
         require(t.canvas >= 28, "task.canvas", "must be >= 28 (the MNIST digits are 28x28)", t.canvas)
         require(t.clutter >= 0, "task.clutter", "must be >= 0", t.clutter)
-        require(t.clutter == 0 or t.canvas > 28, "task.clutter", "needs task.canvas > 28 (clutter goes on a larger canvas)", t.clutter)
+        require(
+            t.clutter == 0 or t.canvas > 28,
+            "task.clutter",
+            "needs task.canvas > 28 (clutter goes on a larger canvas)",
+            t.clutter,
+        )
         require(0 < t.fragment <= 28, "task.fragment", "must be in 1..28", t.fragment)
         require((t.test_limit or 1) > 0, "task.test_limit", "must be > 0 or null", t.test_limit)
         require(m.glimpses >= 1, "model.glimpses", "must be >= 1", m.glimpses)
@@ -90,7 +95,12 @@ class RAMConfig(RunConfig):
         require_positive(self, "train.epochs", "train.batch_size")
         require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
         require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
-        require(self.schedule.name != "plateau", "schedule.name", "'plateau' is not offered here (no validation split)", self.schedule.name)
+        require(
+            self.schedule.name != "plateau",
+            "schedule.name",
+            "'plateau' is not offered here (no validation split)",
+            self.schedule.name,
+        )
 
 
 class Glimpses(NamedTuple):
@@ -106,7 +116,9 @@ class RecurrentAttention(nn.Module):
     def __init__(self, channels: int, classes: int, cfg: GlimpseConfig) -> None:
         super().__init__()
         self.glimpses = cfg.glimpses
-        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
+        self.glimpse = GlimpseNetwork(
+            channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool
+        )
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
         self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.classifier = nn.Linear(cfg.hidden, classes)
@@ -143,7 +155,12 @@ def hybrid_loss(out: Glimpses, labels: torch.Tensor) -> tuple[torch.Tensor, dict
     advantage = (reward[:, None] - baselines).detach()
     reinforce = -(advantage * out.log_probs).sum(1).mean()
     baseline_mse = (baselines - reward[:, None]).pow(2).sum(1).mean()
-    parts = {"nll": nll.detach(), "reinforce": reinforce.detach(), "baseline_mse": baseline_mse.detach(), "reward": reward.mean()}
+    parts = {
+        "nll": nll.detach(),
+        "reinforce": reinforce.detach(),
+        "baseline_mse": baseline_mse.detach(),
+        "reward": reward.mean(),
+    }
     return nll + reinforce + baseline_mse, parts
 
 
@@ -183,7 +200,9 @@ def train(cfg: RAMConfig, run: Run) -> None:
     # Accelerator hold none, and must still resume.
     accel.load_state_dict(state.get("accel"))
 
-    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True
+    )
     tested: Optional[dict] = None
     while not clock.stop_now:
         train_split = task_split(cfg, mnist.train, cfg.seed, clock.epoch)
@@ -219,7 +238,9 @@ def train(cfg: RAMConfig, run: Run) -> None:
         return
     final = tested or evaluate_split(model, test, cfg)  # a run resumed at its last step has not tested yet
     run.summary({f"test/{k}": v for k, v in final.items()} | {"train/steps": clock.step})
-    print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {clock.step} steps, {cfg.model.glimpses} glimpses")
+    print(
+        f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {clock.step} steps, {cfg.model.glimpses} glimpses"
+    )
 
 
 @torch.no_grad()
@@ -247,7 +268,9 @@ def plot_paths(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: Run
     model.eval()
     images = split.images[:count].float().div(255)
     out = model(images, step_generator(cfg.seed, -2, images.device))
-    run.log_images("test/glimpse_paths", draw_paths(images, out.locations, model.glimpse.sensor.sides), step, nrow=min(count, 8))
+    run.log_images(
+        "test/glimpse_paths", draw_paths(images, out.locations, model.glimpse.sensor.sides), step, nrow=min(count, 8)
+    )
 
 
 def draw_paths(images: torch.Tensor, locations: torch.Tensor, sides: list[int], zoom: int = 3) -> torch.Tensor:
@@ -288,7 +311,10 @@ def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "ram", RAMConfig, train, evaluate,
+    "ram",
+    RAMConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "test/error", "goal": "minimize", "unit": "%", "scale": 100},  # logged as a fraction
         {"name": "train/loss", "goal": "minimize"},  # the hybrid loss: NLL + REINFORCE + baseline MSE

@@ -56,7 +56,9 @@ class PolicyConfig:
     kind: Literal["auto", "mlp", "nature_cnn", "glimpse"] = "auto"  # auto: nature_cnn for frame stacks, else mlp
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # mlp
     action_set: Optional[list[int]] = None  # play only these env actions (Karpathy's Pong: [2, 3], up and down)
-    glimpse: GlimpseConfig = field(default_factory=lambda: GlimpseConfig(patch=12, scales=3, core="lstm", location_std=0.1))
+    glimpse: GlimpseConfig = field(
+        default_factory=lambda: GlimpseConfig(patch=12, scales=3, core="lstm", location_std=0.1)
+    )
 
 
 @dataclass
@@ -99,7 +101,12 @@ class ReinforceConfig(RunConfig):
         require(a.batch_episodes > 0, "agent.batch_episodes", "must be > 0", a.batch_episodes)
         require(a.chunk_steps > 0, "agent.chunk_steps", "must be > 0", a.chunk_steps)
         require(0 <= a.mean_decay < 1, "agent.mean_decay", "must be in [0, 1)", a.mean_decay)
-        require(self.policy.action_set is None or len(self.policy.action_set) > 1, "policy.action_set", "needs at least 2 actions", self.policy.action_set)
+        require(
+            self.policy.action_set is None or len(self.policy.action_set) > 1,
+            "policy.action_set",
+            "needs at least 2 actions",
+            self.policy.action_set,
+        )
         require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
 
     def check(self) -> None:
@@ -137,7 +144,9 @@ class FeedForwardPolicy(nn.Module):
         logits, value = self(obs)
         return torch.distributions.Categorical(logits=logits).sample(), {"value": value}, None
 
-    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor, extras: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, obs: torch.Tensor, actions: torch.Tensor, extras: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Steps (M, ...) -> (log pi(a), entropy, value), each (M,)."""
         logits, value = self(obs)
         dist = torch.distributions.Categorical(logits=logits)
@@ -158,9 +167,13 @@ def build_policy(cfg: ReinforceConfig, obs_shape: tuple, num_actions: int) -> nn
     if kind == "auto":
         kind = "nature_cnn" if len(obs_shape) == 3 else "mlp"
     if kind in ("nature_cnn", "glimpse") and len(obs_shape) != 3:
-        raise ConfigError(f"policy.kind={kind!r} reads frame stacks (C, H, W), but {cfg.env.id} gives observations of shape {obs_shape}")
+        raise ConfigError(
+            f"policy.kind={kind!r} reads frame stacks (C, H, W), but {cfg.env.id} gives observations of shape {obs_shape}"
+        )
     if kind == "mlp":
-        return FeedForwardPolicy(lambda: MLPTorso(int(np.prod(obs_shape)), cfg.policy.hidden), cfg.policy.hidden[-1], num_actions)
+        return FeedForwardPolicy(
+            lambda: MLPTorso(int(np.prod(obs_shape)), cfg.policy.hidden), cfg.policy.hidden[-1], num_actions
+        )
     if kind == "nature_cnn":
         return FeedForwardPolicy(lambda: NatureEncoder(obs_shape[0]), 512, num_actions)
     return GlimpseAgent(obs_shape[0], num_actions, cfg.policy.glimpse)
@@ -211,8 +224,16 @@ class Player:
     """
 
     def __init__(
-        self, env, policy: nn.Module, env_cfg: EnvConfig, agent: AgentConfig, action_set, device, seed: int,
-        record: bool = True, accel: Optional[Accelerator] = None,
+        self,
+        env,
+        policy: nn.Module,
+        env_cfg: EnvConfig,
+        agent: AgentConfig,
+        action_set,
+        device,
+        seed: int,
+        record: bool = True,
+        accel: Optional[Accelerator] = None,
     ):
         self.env, self.policy, self.device, self.record = env, policy, device, record
         self.accel = accel if accel is not None else Accelerator(AccelConfig(precision="fp32"), device)
@@ -241,7 +262,9 @@ class Player:
             for e in np.flatnonzero(~autoreset):  # an autoreset step only starts the next episode
                 cut = terminals[e] or (self.reset_on_reward and learner_rewards[e] != 0)
                 if self.record:
-                    self.steps[e].append((self.obs[e].copy(), actions[e], {k: v[e] for k, v in extras.items()}, learner_rewards[e], cut))
+                    self.steps[e].append(
+                        (self.obs[e].copy(), actions[e], {k: v[e] for k, v in extras.items()}, learner_rewards[e], cut)
+                    )
             for e, score, length in self.signal.pop_finished():
                 done.append(self._episode(e, score, length))
             self.obs = next_obs
@@ -257,12 +280,27 @@ class Player:
         cuts = np.array(cuts, dtype=bool)
         cuts[-1] = True  # the episode's end (a truncation too: REINFORCE has nothing to bootstrap from)
         extras = {k: np.stack([x[k] for x in extras]) for k in extras[0]}
-        return Episode(np.stack(obs), np.array(actions, dtype=np.int64), extras, np.array(rewards, dtype=np.float32), cuts, score, length, e)
+        return Episode(
+            np.stack(obs),
+            np.array(actions, dtype=np.int64),
+            extras,
+            np.array(rewards, dtype=np.float32),
+            cuts,
+            score,
+            length,
+            e,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- learning
 def update(
-    policy: nn.Module, optimizer: torch.optim.Optimizer, accel: Accelerator, episodes: list[Episode], cfg: ReinforceConfig, mean_baseline: float, device
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accel: Accelerator,
+    episodes: list[Episode],
+    cfg: ReinforceConfig,
+    mean_baseline: float,
+    device,
 ) -> tuple[dict, float]:
     """One policy-gradient step on whole episodes -> (metrics, the new running-mean baseline)."""
     a = cfg.agent
@@ -291,7 +329,13 @@ def update(
         with accel.autocast():
             log_prob, entropy, value = policy.evaluate(obs, actions, extras, mask)
         index = mask.T.nonzero(as_tuple=True)  # episode-major, the order of `returns`
-        backward(log_prob.T[index], entropy.T[index], value.T[index], torch.from_numpy(adv).to(device), torch.from_numpy(returns).to(device))
+        backward(
+            log_prob.T[index],
+            entropy.T[index],
+            value.T[index],
+            torch.from_numpy(adv).to(device),
+            torch.from_numpy(returns).to(device),
+        )
     else:  # steps are independent: chunks bound the memory, and their gradients add up exactly
         obs = np.concatenate([ep.obs for ep in episodes])
         actions = np.concatenate([ep.actions for ep in episodes])
@@ -300,12 +344,21 @@ def update(
             with accel.autocast():
                 chunk = accel.to_input(torch.as_tensor(obs[part], device=device))
                 log_prob, entropy, value = policy.evaluate(chunk, torch.as_tensor(actions[part], device=device), {})
-            backward(log_prob, entropy, value, torch.from_numpy(adv[part]).to(device), torch.from_numpy(returns[part]).to(device))
+            backward(
+                log_prob,
+                entropy,
+                value,
+                torch.from_numpy(adv[part]).to(device),
+                torch.from_numpy(returns[part]).to(device),
+            )
     accel.unscale(optimizer)  # the true gradients, for their norm and the clipping
     grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), a.max_grad_norm or math.inf)
     accel.step(optimizer)
     new_mean = a.mean_decay * mean_baseline + (1 - a.mean_decay) * float(returns.mean())
-    metrics = {f"train/{k}": v for k, v in sums.items()} | {"train/grad_norm": grad_norm.item(), "train/return_to_go": float(returns.mean())}
+    metrics = {f"train/{k}": v for k, v in sums.items()} | {
+        "train/grad_norm": grad_norm.item(),
+        "train/return_to_go": float(returns.mean()),
+    }
     return metrics, new_mean
 
 
@@ -340,17 +393,32 @@ def train(cfg: ReinforceConfig, run: Run) -> None:
     # Compiled in place: acting and the update call the policy's own act and evaluate, which call self(...).
     policy = accel.prepare(build_policy(cfg, env.single_observation_space.shape, num_actions), in_place=True)
     optimizer = make_optimizer(policy.parameters(), cfg.optim)
-    state = run.restore({"policy": policy, "optimizer": optimizer}) or {"step": 0, "updates": 0, "episodes": 0, "mean_baseline": 0.0, "recent": [], "resumes": 0}
+    state = run.restore({"policy": policy, "optimizer": optimizer}) or {
+        "step": 0,
+        "updates": 0,
+        "episodes": 0,
+        "mean_baseline": 0.0,
+        "recent": [],
+        "resumes": 0,
+    }
     # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before REINFORCE
     # had an Accelerator hold none, and must still resume.
     accel.load_state_dict(state.get("accel"))
     step, updates, episodes_seen = state["step"], state["updates"], state["episodes"]
     mean_baseline, recent = state["mean_baseline"], deque(state["recent"], maxlen=100)
     resumes = state["resumes"] + (1 if step else 0)
-    player = Player(env, policy, cfg.env, cfg.agent, cfg.policy.action_set, run.device, seed=cfg.seed + 1000 * resumes, accel=accel)
+    player = Player(
+        env, policy, cfg.env, cfg.agent, cfg.policy.action_set, run.device, seed=cfg.seed + 1000 * resumes, accel=accel
+    )
 
     def save() -> None:
-        counters = {"updates": updates, "episodes": episodes_seen, "mean_baseline": mean_baseline, "recent": list(recent), "resumes": resumes}
+        counters = {
+            "updates": updates,
+            "episodes": episodes_seen,
+            "mean_baseline": mean_baseline,
+            "recent": list(recent),
+            "resumes": resumes,
+        }
         run.save(step, {"policy": policy, "optimizer": optimizer}, counters | {"accel": accel.state_dict()})
 
     progress = tqdm(total=cfg.total_steps, initial=step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True)
@@ -387,20 +455,34 @@ def train(cfg: ReinforceConfig, run: Run) -> None:
     summary = {"train/return_100": float(np.mean(recent)), "train/episodes": episodes_seen, "train/steps": step}
     hns = human_normalized(cfg.env.id, summary["train/return_100"])
     run.summary(summary | ({"train/hns_100": hns} if hns is not None else {}))
-    print(f"{cfg.name}: mean return {summary['train/return_100']:.2f} over the last {len(recent)} episodes, {episodes_seen} episodes, {step} steps")
+    print(
+        f"{cfg.name}: mean return {summary['train/return_100']:.2f} over the last {len(recent)} episodes, {episodes_seen} episodes, {step} steps"
+    )
 
 
 def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
     """`pixlab eval RUN_DIR`: the checkpoint's stochastic policy over `eval.episodes` whole games, unclipped scores."""
     device = select_device(cfg.device)
-    env_cfg = replace(cfg.env, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes), max_episode_frames=cfg.eval.max_episode_frames)
+    env_cfg = replace(
+        cfg.env, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes), max_episode_frames=cfg.eval.max_episode_frames
+    )
     env, num_actions = make_env(replace(cfg, env=env_cfg))
     accel = Accelerator(cfg.accel, device)
     policy = accel.prepare(build_policy(cfg, env.single_observation_space.shape, num_actions), in_place=True)
     policy.load_state_dict(checkpoint["state"]["policy"])
     policy.eval()
     torch.manual_seed(cfg.seed + 20_000)
-    player = Player(env, policy, env_cfg, cfg.agent, cfg.policy.action_set, device, seed=cfg.seed + 20_000, record=False, accel=accel)
+    player = Player(
+        env,
+        policy,
+        env_cfg,
+        cfg.agent,
+        cfg.policy.action_set,
+        device,
+        seed=cfg.seed + 20_000,
+        record=False,
+        accel=accel,
+    )
     quota = EpisodeQuota(cfg.eval.episodes, env_cfg.num_envs)  # so that short games are not over-counted
     scores: list[float] = []
     while len(scores) < cfg.eval.episodes:
@@ -408,13 +490,21 @@ def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
             if quota.take(ep.env):
                 scores.append(ep.score)
     env.close()
-    result = {"step": checkpoint["step"], "eval/return": float(np.mean(scores)), "eval/return_std": float(np.std(scores)), "eval/episodes": len(scores)}
+    result = {
+        "step": checkpoint["step"],
+        "eval/return": float(np.mean(scores)),
+        "eval/return_std": float(np.std(scores)),
+        "eval/episodes": len(scores),
+    }
     hns = human_normalized(cfg.env.id, result["eval/return"])
     return result | ({"eval/hns": hns} if hns is not None else {})
 
 
 register(
-    "reinforce", ReinforceConfig, train, evaluate,
+    "reinforce",
+    ReinforceConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "train/return_100", "goal": "maximize"},  # the mean return of the last 100 episodes
         {"name": "train/episode_return", "goal": "maximize"},

@@ -137,8 +137,10 @@ class FrameReplay:
             raise RuntimeError("reset() with the first observations comes before step()")
         envs = np.arange(self.num_envs)
         now, before = (self.written - 1) % self.capacity_per_env, (self.written - 2) % self.capacity_per_env
-        ended = ~self.episode_start[envs, now] & self.has_transition[envs, before] & (
-            self.terminated[envs, before] | self.truncated[envs, before]
+        ended = (
+            ~self.episode_start[envs, now]
+            & self.has_transition[envs, before]
+            & (self.terminated[envs, before] | self.truncated[envs, before])
         )
         autoreset = np.asarray(autoreset, dtype=bool)
         if (autoreset & ~ended).any():

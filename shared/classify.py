@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.config import RunConfig, register, require, require_positive, require_choice
+from shared.config import RunConfig, register, require, require_choice, require_positive
 from shared.data import DATASETS, ImageData, Split, epoch_order, load_dataset
 from shared.data.augment import AugmentConfig, augment
 from shared.errors import CheckpointError, ConfigError
@@ -53,7 +53,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "lenet5"
-    init_from: Optional[str] = None  # a run folder (its latest checkpoint) or a checkpoint file: start from its weights, head excluded
+    init_from: Optional[str] = (
+        None  # a run folder (its latest checkpoint) or a checkpoint file: start from its weights, head excluded
+    )
     freeze_backbone: bool = False  # train only the classifier head (with init_from: transfer learning)
 
 
@@ -83,11 +85,28 @@ class ClassifyConfig(RunConfig):
         require(self.data.name in DATASETS, "data.name", f"must be one of {DATASETS}", self.data.name)
         require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
         side = {"mnist": 28, "digits": 8, "cifar10": 32}[self.data.name] + 2 * self.data.pad
-        require(self.model.name != "lenet5" or side == 32, "data.pad", f"gives {side}x{side} images; lenet5 reads 32x32 (mnist: pad 2, digits: pad 12, cifar10: pad 0)", self.data.pad)
+        require(
+            self.model.name != "lenet5" or side == 32,
+            "data.pad",
+            f"gives {side}x{side} images; lenet5 reads 32x32 (mnist: pad 2, digits: pad 12, cifar10: pad 0)",
+            self.data.pad,
+        )
         require(self.data.val_size >= 0, "data.val_size", "must be >= 0", self.data.val_size)
-        require(self.data.augment.crop_padding >= 0, "data.augment.crop_padding", "must be >= 0", self.data.augment.crop_padding)
-        require_positive(self, "train.epochs", "train.batch_size", "train.eval_batch_size", optional=("train.max_steps",))
-        require(self.train.ema_decay is None or 0 < self.train.ema_decay < 1, "train.ema_decay", "must be in (0, 1)", self.train.ema_decay)
+        require(
+            self.data.augment.crop_padding >= 0,
+            "data.augment.crop_padding",
+            "must be >= 0",
+            self.data.augment.crop_padding,
+        )
+        require_positive(
+            self, "train.epochs", "train.batch_size", "train.eval_batch_size", optional=("train.max_steps",)
+        )
+        require(
+            self.train.ema_decay is None or 0 < self.train.ema_decay < 1,
+            "train.ema_decay",
+            "must be in (0, 1)",
+            self.train.ema_decay,
+        )
         require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
         require(
             self.schedule.name != "plateau" or self.data.val_size > 0,
@@ -122,7 +141,14 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
         run.save(clock.step, objects, running.state())
 
     shard = ddp.shard(cfg.train.batch_size)
-    progress = tqdm(total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None if ddp.is_main else True, dynamic_ncols=True)
+    progress = tqdm(
+        total=clock.total_steps,
+        initial=clock.step,
+        desc=cfg.name,
+        unit="step",
+        disable=None if ddp.is_main else True,
+        dynamic_ncols=True,
+    )
     while not clock.stop_now:
         order = epoch_order(len(data.train), cfg.seed, clock.epoch, run.device)
         train_mode(model, cfg.model.freeze_backbone)
@@ -169,7 +195,9 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
         run.log_images("test/mistakes", mistakes, clock.step)
     run.summary(summary)
     if ddp.is_main:
-        print(f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(data.test)}) after {clock.step} steps")
+        print(
+            f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(data.test)}) after {clock.step} steps"
+        )
 
 
 def prepare_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
@@ -177,7 +205,9 @@ def prepare_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.pad)
     if cfg.data.val_size:
         if cfg.data.val_size >= len(data.train):
-            raise ConfigError(f"data.val_size={cfg.data.val_size} leaves no training images (the set has {len(data.train)})")
+            raise ConfigError(
+                f"data.val_size={cfg.data.val_size} leaves no training images (the set has {len(data.train)})"
+            )
         order = epoch_order(len(data.train), seed=0, epoch=-1, device=torch.device("cpu"))
         held, kept = order[: cfg.data.val_size], order[cfg.data.val_size :]
         data.val = Split(data.train.images[held], data.train.labels[held])
@@ -223,7 +253,9 @@ def end_of_epoch(cfg, run: Run, scored: nn.Module, data: ImageData, schedule: Sc
         schedule.observe(val["loss"])
     run.log(metrics, step)
     if run.dist.is_main:
-        progress.write(f"epoch {step // math.ceil(len(data.train) / cfg.train.batch_size)}: test error {metrics['test/error']:.2%}")
+        progress.write(
+            f"epoch {step // math.ceil(len(data.train) / cfg.train.batch_size)}: test error {metrics['test/error']:.2%}"
+        )
 
 
 @torch.no_grad()
@@ -264,7 +296,10 @@ def evaluate(cfg: ClassifyConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "classify", ClassifyConfig, train, evaluate,
+    "classify",
+    ClassifyConfig,
+    train,
+    evaluate,
     metrics=[
         {"name": "test/error", "goal": "minimize", "unit": "%", "scale": 100},  # logged as a fraction
         {"name": "val/error", "goal": "minimize", "unit": "%", "scale": 100},  # with data.val_size > 0

@@ -61,8 +61,12 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        require(self.name not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name, "name",
-                "must be a plain folder name (no '/'); it names the run folder", self.name)
+        require(
+            self.name not in ("", ".", "..") and "/" not in self.name and "\0" not in self.name,
+            "name",
+            "must be a plain folder name (no '/'); it names the run folder",
+            self.name,
+        )
         require(self.checkpoint.every > 0, "checkpoint.every", "must be > 0", self.checkpoint.every)
         require(self.checkpoint.keep_last > 0, "checkpoint.keep_last", "must be > 0", self.checkpoint.keep_last)
         require(self.tracking.log_every > 0, "tracking.log_every", "must be > 0", self.tracking.log_every)
@@ -120,13 +124,15 @@ def check_keys(node: dict, valid: Sequence[str], source: str, prefix: str) -> No
     that is not in `valid`, with a "did you mean"; `prefix` is the dotted path of `node` in `source`."""
     for key in node:
         if key not in valid:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}")
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}'{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
+            )
 
 
 # The registry. An algorithm is one file that ends with one `register(...)` call: its `algo:` name, its
 # config class and entry points, and what `pixlab report`, `pixlab reproduce` and the W&B workspace need
 # to show its runs (its metrics with their goal and unit, and what its `step` counts). Nothing else in
-# the tree names an algorithm; shared/cli.py finds the files that call `register` (import_algorithms).
+# the tree names an algorithm; shared/cli/__init__.py finds the files that call `register` (import_algorithms).
 GOALS = ("minimize", "maximize")
 
 
@@ -191,7 +197,9 @@ def register(
     described = tuple(Metric(**m) for m in metrics)
     for m in described:
         if m.goal not in (*GOALS, None):
-            raise TypeError(f"register({name!r}): metric {m.name!r} has goal={m.goal!r}; valid: {', '.join(GOALS)}, None")
+            raise TypeError(
+                f"register({name!r}): metric {m.name!r} has goal={m.goal!r}; valid: {', '.join(GOALS)}, None"
+            )
     if not any(m.goal for m in described):
         raise TypeError(f"register({name!r}) needs a metric with a goal: the one `pixlab report` judges its runs by")
     ALGORITHMS[name] = Algorithm(name, config, train, evaluate, described, step_unit, tuple(media))

@@ -43,8 +43,14 @@ import numpy as np
 import torch
 
 from shared.atomic import atomic_torch_save, atomic_write_text, fsync_dir, remove_temporaries, temporary_name
-from shared.checkpoint import CHECKPOINT_FORMAT, first_non_finite, latest_checkpoint, list_checkpoints, load_latest
-from shared.checkpoint import load_checkpoint  # noqa: F401  (trainers and tests import it from here)
+from shared.checkpoint import (
+    CHECKPOINT_FORMAT,
+    first_non_finite,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,  # noqa: F401  (trainers and tests import it from here)
+    load_latest,
+)
 from shared.config import to_dict, to_yaml
 from shared.errors import CheckpointError, NonFiniteLossError, PixlabError, RunFolderError
 from shared.provenance import describe_device, git_state, package_versions
@@ -52,6 +58,7 @@ from shared.rng import capture_rng, restore_rng, seed_everything
 from shared.tracking import Tracker
 from shared.train.device import select_device
 from shared.train.distributed import Distributed
+
 
 class Stateful(Protocol):
     def state_dict(self) -> dict: ...
@@ -132,7 +139,9 @@ class Run:
             raise
 
     @classmethod
-    def reopen(cls, cfg: Any, directory: Path, argv: Optional[list[str]] = None, dist: Distributed = Distributed()) -> "Run":
+    def reopen(
+        cls, cfg: Any, directory: Path, argv: Optional[list[str]] = None, dist: Distributed = Distributed()
+    ) -> "Run":
         """Open an existing run folder to continue it from its newest intact checkpoint (`restore` loads it).
 
         Everything that can refuse the resume (the lock, meta.json, metrics.jsonl, the checkpoint) is read

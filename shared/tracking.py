@@ -134,7 +134,9 @@ class Tracker:
         """Drop the records logged after `step` (and any summary): a resumed run logs them again, as an
         uninterrupted one would."""
         self._file.close()
-        kept = [line for line in read_metrics_lines(self.metrics_path) if json.loads(line).get("step", math.inf) <= step]
+        kept = [
+            line for line in read_metrics_lines(self.metrics_path) if json.loads(line).get("step", math.inf) <= step
+        ]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.metrics_path)
@@ -201,4 +203,3 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-

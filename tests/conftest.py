@@ -36,7 +36,13 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.
     inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     env = inherited | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **popen
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
     )
 
 

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from conftest import only_run_dir
 
 from shared.cli import main
 from shared.run import latest_checkpoint, list_checkpoints, load_checkpoint
 from shared.tracking import read_metrics
-
-from conftest import only_run_dir
 
 VOLATILE = {"wall_time", "train/images_per_s"}  # wall-clock figures, different in every run
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONFIGS, SHARED_DATA, only_run_dir
+from exact_resume import assert_resume_is_exact
 
 from generative.vae import VAE
 from rl.ram import RecurrentAttention
@@ -17,13 +19,11 @@ from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from shared.models.glimpse import GlimpseAgent
 from shared.run import latest_checkpoint, load_checkpoint
 
-from conftest import CONFIGS, SHARED_DATA, only_run_dir
-from exact_resume import assert_resume_is_exact
-
 FAST = ["accel.precision=bf16", "accel.channels_last=true", "tracking.wandb=disabled"]
 MNIST = [f"data.root={SHARED_DATA}"]  # the real MNIST files; the cases that read them skip without them
 needs_mnist = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists(), reason=f"the real MNIST files are not in {SHARED_DATA / 'mnist'}"
+    not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"the real MNIST files are not in {SHARED_DATA / 'mnist'}",
 )
 
 
@@ -50,17 +50,38 @@ def watch_forward(monkeypatch, cls, conv=None) -> list[tuple]:
 TRAINERS = {
     "vae": (
         "vae/binarized_mnist.yaml",
-        [*MNIST, "train.max_steps=2", "train.batch_size=16", "metrics.network=none", "eval.at_end=false", "media.samples=4"],
+        [
+            *MNIST,
+            "train.max_steps=2",
+            "train.batch_size=16",
+            "metrics.network=none",
+            "eval.at_end=false",
+            "media.samples=4",
+        ],
         [(VAE, lambda vae: vae.encoder.conv2.weight)],
     ),
     "dcgan": (
         "dcgan/mnist.yaml",
-        [*MNIST, "train.max_steps=2", "train.batch_size=8", "metrics.network=none", "model.generator_width=8", "model.discriminator_width=8"],
+        [
+            *MNIST,
+            "train.max_steps=2",
+            "train.batch_size=8",
+            "metrics.network=none",
+            "model.generator_width=8",
+            "model.discriminator_width=8",
+        ],
         [(DCGANDiscriminator, lambda d: d.net[2].weight), (DCGANGenerator, None)],  # net[2]: the second convolution
     ),
     "ram": (
         "ram/mnist.yaml",
-        [f"task.root={SHARED_DATA}", "train.max_steps=2", "train.batch_size=8", "task.test_limit=16", "train.eval_samples=1", "model.hidden=16"],
+        [
+            f"task.root={SHARED_DATA}",
+            "train.max_steps=2",
+            "train.batch_size=8",
+            "task.test_limit=16",
+            "train.eval_samples=1",
+            "model.hidden=16",
+        ],
         [(RecurrentAttention, None)],  # no convolutions: channels_last leaves it as it is
     ),
     "reinforce-mlp": (
@@ -70,12 +91,24 @@ TRAINERS = {
     ),
     "reinforce-nature_cnn": (
         "reinforce/breakout_glimpses.yaml",
-        ["policy.kind=nature_cnn", "total_steps=1", "env.num_envs=1", "agent.batch_episodes=1", "env.max_episode_frames=200"],
+        [
+            "policy.kind=nature_cnn",
+            "total_steps=1",
+            "env.num_envs=1",
+            "agent.batch_episodes=1",
+            "env.max_episode_frames=200",
+        ],
         [(FeedForwardPolicy, lambda policy: policy.torso.convs[2].weight)],
     ),
     "reinforce-glimpse": (
         "reinforce/breakout_glimpses.yaml",
-        ["policy.glimpse.hidden=16", "total_steps=1", "env.num_envs=1", "agent.batch_episodes=1", "env.max_episode_frames=200"],
+        [
+            "policy.glimpse.hidden=16",
+            "total_steps=1",
+            "env.num_envs=1",
+            "agent.batch_episodes=1",
+            "env.max_episode_frames=200",
+        ],
         [(GlimpseAgent, None)],
     ),
 }
@@ -96,10 +129,17 @@ def test_bf16_and_channels_last_reach_every_training_forward(tmp_path, monkeypat
 @needs_mnist
 def test_dcgan_fp16_updates_one_loss_scale_per_step_for_both_optimizers_and_it_survives_a_resume(tmp_path):
     overrides = [
-        *MNIST, "train.max_steps=3", "train.batch_size=8", "metrics.network=none", "model.generator_width=8",
-        "model.discriminator_width=8", "accel.precision=fp16",
+        *MNIST,
+        "train.max_steps=3",
+        "train.batch_size=8",
+        "metrics.network=none",
+        "model.generator_width=8",
+        "model.discriminator_width=8",
+        "accel.precision=fp16",
     ]
-    assert_resume_is_exact(str(CONFIGS / "dcgan" / "mnist.yaml"), overrides, tmp_path, stop_at=2, states=("generator", "discriminator"))
+    assert_resume_is_exact(
+        str(CONFIGS / "dcgan" / "mnist.yaml"), overrides, tmp_path, stop_at=2, states=("generator", "discriminator")
+    )
     straight = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "straight")))["counters"]["accel"]["scaler"]
     resumed = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "stopped")))["counters"]["accel"]["scaler"]
     # At torch's initial 2^16 the discriminator's fp16 gradients overflow in these first steps: the one update of

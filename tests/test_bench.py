@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from shared.config import ALGORITHMS
 from shared.machine import describe_machine, format_machine
 
@@ -28,12 +28,16 @@ def test_describe_machine_reports_torch_s_own_isa_probes():
     assert machine["isa"]["amx"] == torch.cpu._is_amx_tile_supported()
     assert machine["isa"]["avx512_bf16"] == torch.cpu._is_avx512_bf16_supported()
     assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    line = format_machine(machine | {"cpu": "Some CPU", "threads": 2, "cores": 4, "isa": dict.fromkeys(FLAGS, False) | {"avx2": True}})
+    line = format_machine(
+        machine | {"cpu": "Some CPU", "threads": 2, "cores": 4, "isa": dict.fromkeys(FLAGS, False) | {"avx2": True}}
+    )
     assert line == f"Some CPU, avx2, 2 of 4 threads, torch {torch.__version__}, cpu"
 
 
 def test_bench_classify_prints_both_loops_and_their_ratio(tmp_path):
-    result = run_cli("bench", "classify", "--json", "--models", "lenet5", "--repeats", "1", "--steps-scale", "0.05", cwd=tmp_path)
+    result = run_cli(
+        "bench", "classify", "--json", "--models", "lenet5", "--repeats", "1", "--steps-scale", "0.05", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     check_machine(report["machine"])
@@ -49,11 +53,27 @@ def test_bench_rejects_an_unknown_model(tmp_path):
     result = run_cli("bench", "classify", "--models", "lenet6", cwd=tmp_path)
     assert result.returncode == 2 and "--models: unknown ['lenet6']" in result.stderr
     result = run_cli("bench", "train", "--models", "resnet20", cwd=tmp_path)
-    assert result.returncode == 2 and "unknown ['resnet20'] for bench train; known: lenet5, ram, vae, dcgan, pixelcnn" in result.stderr
+    assert (
+        result.returncode == 2
+        and "unknown ['resnet20'] for bench train; known: lenet5, ram, vae, dcgan, pixelcnn" in result.stderr
+    )
 
 
 def test_bench_train_runs_the_trainer_beside_the_reference_loop(tmp_path):
-    result = run_cli("bench", "train", "--json", "--models", "lenet5", "--repeats", "1", "--steps-scale", "0.1", "--device", "cpu", cwd=tmp_path)
+    result = run_cli(
+        "bench",
+        "train",
+        "--json",
+        "--models",
+        "lenet5",
+        "--repeats",
+        "1",
+        "--steps-scale",
+        "0.1",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     check_machine(report["machine"])
@@ -84,7 +104,12 @@ def test_bench_dqn_runs_ours_and_sb3_times_our_parts_and_reports_replay_sizes(tm
     ms = parts["ms_per_call"]
     # epsilon falls linearly from 1 to 0.01 over the 1,000 steps: its mean over the timed steps 450..999
     assert parts["greedy_fraction"] == pytest.approx(0.99 * (450 + 999) / 2 / 1000, abs=1e-3)
-    summed = ms["env_step"] + ms["replay_write"] + parts["greedy_fraction"] * ms["act"] + (ms["replay_sample"] + ms["train_step"]) / 4
+    summed = (
+        ms["env_step"]
+        + ms["replay_write"]
+        + parts["greedy_fraction"] * ms["act"]
+        + (ms["replay_sample"] + ms["train_step"]) / 4
+    )
     assert parts["ms_per_agent_step"] == pytest.approx(summed, abs=0.01)
     assert parts["loop_share"] == pytest.approx(ours["learning_steps_per_s"] / parts["steps_per_s"], abs=1e-3)
 
@@ -102,7 +127,15 @@ def test_bench_smoke_runs_every_trainer_and_prints_their_speeds(tmp_path, mnist_
     result, report = smoke_json(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     check_machine(report["machine"])
-    assert [r["trainer"] for r in report["results"]] == ["classify", "dqn", "reinforce", "ram", "pixelcnn", "vae", "dcgan"]
+    assert [r["trainer"] for r in report["results"]] == [
+        "classify",
+        "dqn",
+        "reinforce",
+        "ram",
+        "pixelcnn",
+        "vae",
+        "dcgan",
+    ]
     for r in report["results"]:
         assert r["ok"] and r["steps_per_s"] > 0 and r["compile"] is False, r
     units = {r["trainer"]: r["unit"] for r in report["results"]}
@@ -128,13 +161,20 @@ def test_bench_smoke_rejects_unknown_trainers_and_bad_overrides(tmp_path):
 
 def test_smoke_passes_accel_keys_only_to_configs_that_have_them(monkeypatch):
     from shared.cli import import_algorithms
-    from shared.smoke import smoke_overrides
+    from shared.cli.smoke import smoke_overrides
 
     import_algorithms()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert smoke_overrides("vae", cpu, 8, compile=False) == [
-        "train.max_steps=8", "eval.at_end=false", "metrics.network=none", "data.download=false", "accel.precision=auto",
-        "device=cpu", "tracking.wandb=disabled", "tracking.log_every=2", "checkpoint.every=1000000000",
+        "train.max_steps=8",
+        "eval.at_end=false",
+        "metrics.network=none",
+        "data.download=false",
+        "accel.precision=auto",
+        "device=cpu",
+        "tracking.wandb=disabled",
+        "tracking.log_every=2",
+        "checkpoint.every=1000000000",
     ]
     assert "accel.compile=true" in smoke_overrides("vae", cuda, 8, compile=False)
     assert "accel.compile=true" in smoke_overrides("vae", cpu, 8, compile=True)

@@ -12,16 +12,15 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONFIGS, only_run_dir, run_cli
+from exact_resume import assert_runs_end_alike
 from torch.nn.modules.module import register_module_forward_hook
+from wandb_records import offline_run
 
 from shared.cli import main
 from shared.models.lenet import LeNet5
 from shared.run import latest_checkpoint, load_checkpoint
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, run_cli, only_run_dir
-from exact_resume import assert_runs_end_alike
-from wandb_records import offline_run
 
 DIGITS = str(CONFIGS / "classify" / "lenet5_digits.yaml")
 MNIST = str(CONFIGS / "classify" / "lenet5_mnist.yaml")
@@ -64,7 +63,11 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     env = os.environ | {"WANDB_MODE": "disabled"}
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "train", DIGITS, *common, f"runs_dir={tmp_path / 'stopped'}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     metrics_file = None
     deadline = time.monotonic() + 120
@@ -88,7 +91,9 @@ def test_sigterm_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
 
     assert load_checkpoint(latest_checkpoint(straight))["step"] == 138
     assert_runs_end_alike(straight, stopped, states=("model",))
-    assert json.loads((stopped / "meta.json").read_text())["resumes"][0]["from_checkpoint"] == f"step-{stopped_at:09d}.pt"
+    assert (
+        json.loads((stopped / "meta.json").read_text())["resumes"][0]["from_checkpoint"] == f"step-{stopped_at:09d}.pt"
+    )
 
 
 def test_divergence_exits_1_with_a_clear_message_and_keeps_the_folder(tmp_path):
@@ -129,10 +134,21 @@ def test_transfer_learning_trains_a_new_head_on_a_frozen_backbone(tmp_path):
     quiet = ["tracking.wandb=disabled", "checkpoint.every=1000"]
     assert main(["train", DIGITS, "train.max_steps=30", *quiet, f"runs_dir={tmp_path / 'source'}"]) == 0
     source = only_run_dir(tmp_path / "source")
-    assert main([
-        "train", DIGITS, "train.max_steps=20", "seed=5", f"model.init_from={source}", "model.freeze_backbone=true",
-        *quiet, f"runs_dir={tmp_path / 'transfer'}",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train",
+                DIGITS,
+                "train.max_steps=20",
+                "seed=5",
+                f"model.init_from={source}",
+                "model.freeze_backbone=true",
+                *quiet,
+                f"runs_dir={tmp_path / 'transfer'}",
+            ]
+        )
+        == 0
+    )
     before = load_checkpoint(latest_checkpoint(source))["state"]["model"]
     after = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "transfer")))
     for name, tensor in before.items():
@@ -149,9 +165,24 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     assert main(["train", *common, f"runs_dir={tmp_path / 'one'}"]) == 0
     env = os.environ | {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "shared.cli", "train", *common, f"runs_dir={tmp_path / 'two'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "shared.cli",
+            "train",
+            *common,
+            f"runs_dir={tmp_path / 'two'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = only_run_dir(tmp_path / "two")  # rank 1 wrote no folder of its own
@@ -162,7 +193,10 @@ def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path):
     one_weights = load_checkpoint(latest_checkpoint(only_run_dir(tmp_path / "one")))["state"]["model"]
     two_weights = load_checkpoint(latest_checkpoint(two))["state"]["model"]
     for name, tensor in one_weights.items():  # equal up to the order of float additions in the all-reduce
-        assert torch.allclose(tensor, two_weights[name], rtol=0, atol=2e-6), (name, (tensor - two_weights[name]).abs().max())
+        assert torch.allclose(tensor, two_weights[name], rtol=0, atol=2e-6), (
+            name,
+            (tensor - two_weights[name]).abs().max(),
+        )
 
 
 def test_ema_weights_are_checkpointed_and_are_what_eval_reports(tmp_path, capsys):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONFIGS, run_cli
 
 import shared.classify  # noqa: F401  (registers algo: classify)
-from shared.cli import main
 from shared.classify import ClassifyConfig
+from shared.cli import main
 from shared.config import load_config, to_yaml
 from shared.errors import ConfigError
-
-from conftest import CONFIGS, run_cli
 
 LENET = CONFIGS / "classify" / "lenet5_mnist.yaml"
 
@@ -62,7 +61,9 @@ def test_value_outside_a_choice_lists_the_choices():
 
 
 def test_wrong_type_names_the_key():
-    with pytest.raises(ConfigError, match=r"override 'seed=abc': seed: Value 'abc' of type 'str' could not be converted to Integer"):
+    with pytest.raises(
+        ConfigError, match=r"override 'seed=abc': seed: Value 'abc' of type 'str' could not be converted to Integer"
+    ):
         load_config(LENET, ["seed=abc"])
 
 
@@ -72,7 +73,10 @@ def test_model_name_is_checked_against_the_model_registry():
 
 
 def test_unknown_algo_and_missing_algo(tmp_path):
-    with pytest.raises(ConfigError, match=r"algo='clasify' is not a known algorithm; valid choices: .*classify.*did you mean 'classify'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"algo='clasify' is not a known algorithm; valid choices: .*classify.*did you mean 'classify'",
+    ):
         load_config(write(tmp_path, "algo: clasify\n"))
     with pytest.raises(ConfigError, match="has no 'algo' key"):
         load_config(write(tmp_path, "seed: 1\n"))

@@ -70,7 +70,9 @@ def test_download_with_wrong_md5_leaves_no_partial_file(tmp_path):
 
 
 def test_missing_file_without_download_names_file_and_md5(tmp_path):
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz is missing \(expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873\)"):
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte.gz is missing \(expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873\)"
+    ):
         load_mnist(str(tmp_path), download=False)
 
 
@@ -149,7 +151,9 @@ def write_cifar_batch(path, images: np.ndarray, labels: list[int], protocol: int
     import pickle
 
     with open(path, "wb") as f:
-        pickle.dump({b"batch_label": b"test", b"labels": labels, b"data": images.reshape(len(labels), -1)}, f, protocol=protocol)
+        pickle.dump(
+            {b"batch_label": b"test", b"labels": labels, b"data": images.reshape(len(labels), -1)}, f, protocol=protocol
+        )
 
 
 def fake_cifar(root, n: int = 4):
@@ -198,7 +202,9 @@ def test_cifar10_wrong_md5_and_pickle_payload_are_refused(tmp_path):
 def test_cifar10_missing_archive_without_download(tmp_path):
     from shared.data.cifar10 import load_cifar10
 
-    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is missing \(expected md5 c58f30108f718f92721af3b95e74349a\)"):
+    with pytest.raises(
+        DataError, match=r"cifar-10-python.tar.gz is missing \(expected md5 c58f30108f718f92721af3b95e74349a\)"
+    ):
         load_cifar10(str(tmp_path), download=False)
 
 

@@ -7,15 +7,14 @@ import json
 
 import pytest
 import torch
+from conftest import CONFIGS, only_run_dir, run_cli
+from exact_resume import assert_resume_is_exact
+from wandb_records import offline_run
 
 from generative.dcgan import to_tanh_range
 from shared.cli import main
 from shared.models.dcgan import DCGANGenerator
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir, run_cli
-from exact_resume import assert_resume_is_exact
-from wandb_records import offline_run
 
 MNIST = str(CONFIGS / "dcgan" / "mnist.yaml")
 CIFAR = str(CONFIGS / "dcgan" / "cifar10.yaml")
@@ -60,8 +59,16 @@ def test_bad_config_values_exit_2_naming_the_key(tmp_path, capsys, config, overr
 
 def test_dcgan_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
     result = run_cli(
-        "train", MNIST, f"data.root={mnist_root}", "train.max_steps=4", "train.batch_size=32", "metrics.num_samples=200",
-        f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.classifier_max_steps=20", "tracking.log_every=2", cwd=tmp_path,
+        "train",
+        MNIST,
+        f"data.root={mnist_root}",
+        "train.max_steps=4",
+        "train.batch_size=32",
+        "metrics.num_samples=200",
+        f"metrics.cache_dir={tmp_path / 'cache'}",
+        "metrics.classifier_max_steps=20",
+        "tracking.log_every=2",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
@@ -89,7 +96,13 @@ def test_dcgan_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
 
 
 def test_dcgan_resumed_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, mnist_root):
-    overrides = [f"data.root={mnist_root}", "train.batch_size=32", "metrics.network=none", "train.max_steps=4", "tracking.log_every=3"]
+    overrides = [
+        f"data.root={mnist_root}",
+        "train.batch_size=32",
+        "metrics.network=none",
+        "train.max_steps=4",
+        "tracking.log_every=3",
+    ]
 
     def written_before(counters: dict) -> dict:  # before shared/train/loop.py and the Accelerator: sums in a list
         sums = [counters["sums"][k] for k in ("d_loss", "g_loss", "d_real", "d_fake")]

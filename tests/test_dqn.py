@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import CONFIGS, only_run_dir, run_cli
+from wandb_records import offline_run
 
 from rl.dqn import AgentConfig, td_loss
 from rl.envs import EnvConfig, TrainingSignal, atari_game
@@ -18,11 +20,8 @@ from shared.cli import main
 from shared.run import latest_checkpoint, load_checkpoint
 from shared.tracking import read_metrics
 
-from conftest import CONFIGS, only_run_dir, run_cli
-from wandb_records import offline_run
-
-
 # ---- the TD loss by hand
+
 
 def table_q(rows: list[list[float]]) -> nn.Module:
     """A Q-network that returns rows[s] for the one-hot observation of state s: Q = one_hot(s) @ rows."""
@@ -42,14 +41,18 @@ def flat(x: np.ndarray) -> torch.Tensor:
 
 
 #                 a0    a1
-ONLINE = [[1.0, 2.0],  # s0
-          [0.0, -1.0],  # s1
-          [3.0, 1.0],  # s2: the online network prefers a0
-          [0.0, 4.0]]  # s3: the online network prefers a1
-TARGET = [[0.0, 0.0],
-          [0.0, 0.0],
-          [3.0, 5.0],  # s2: the target network prefers a1
-          [6.0, 1.0]]  # s3: the target network prefers a0
+ONLINE = [
+    [1.0, 2.0],  # s0
+    [0.0, -1.0],  # s1
+    [3.0, 1.0],  # s2: the online network prefers a0
+    [0.0, 4.0],
+]  # s3: the online network prefers a1
+TARGET = [
+    [0.0, 0.0],
+    [0.0, 0.0],
+    [3.0, 5.0],  # s2: the target network prefers a1
+    [6.0, 1.0],
+]  # s3: the target network prefers a0
 # Four transitions, gamma 0.5 (every number below is exact in float32):
 #   0: s0, a1, r 1, one step to s2:                       discount 0.5
 #   1: s1, a0, three steps of rewards 1, 2, 3 to s3:      return 1 + 0.5 * 2 + 0.25 * 3 = 2.75, discount 0.5^3 = 0.125
@@ -119,9 +122,15 @@ def test_td_loss_on_a_replay_of_hand_written_episodes():
     state = np.eye(8, dtype=np.float32)  # observation of state s: one_hot(s)
     replay.reset(state[[0]])
     # (reward, terminated, truncated, next state, autoreset): states 0 -> 4 end by termination, 5 -> 7 by truncation
-    steps = [(1, 0, 0, 1, 0), (2, 0, 0, 2, 0), (3, 0, 0, 3, 0), (4, 1, 0, 4, 0),  # the last step terminates
-             (0, 0, 0, 5, 1),  # the autoreset step: state 5 opens the next episode
-             (5, 0, 0, 6, 0), (6, 0, 1, 7, 0)]  # the last step is truncated
+    steps = [
+        (1, 0, 0, 1, 0),
+        (2, 0, 0, 2, 0),
+        (3, 0, 0, 3, 0),
+        (4, 1, 0, 4, 0),  # the last step terminates
+        (0, 0, 0, 5, 1),  # the autoreset step: state 5 opens the next episode
+        (5, 0, 0, 6, 0),
+        (6, 0, 1, 7, 0),
+    ]  # the last step is truncated
     for reward, terminated, truncated, following, autoreset in steps:
         replay.step([0], [reward], [bool(terminated)], [bool(truncated)], state[[following]], [bool(autoreset)])
     # Target network: max_a' Q(s, a') = s; the online network is 0, so each TD error is its target.
@@ -150,9 +159,19 @@ def test_td_loss_on_a_replay_of_hand_written_episodes():
 # 101 gradient steps at a high learning rate against the initial target network (never copied in 400 steps):
 # enough for the online network to move away from it, which is where double and plain targets part.
 SHORT_CARTPOLE = [
-    "total_steps=400", "agent.learning_starts=200", "agent.batch_size=32", "agent.train_freq=2", "optim.lr=0.01",
-    "agent.target_update=1000", "agent.buffer_size=1000", "agent.replay_in_checkpoint=true",
-    "eval.every=0", "eval.episodes=2", "eval.num_envs=2", "tracking.log_every=200", "checkpoint.every=100000",
+    "total_steps=400",
+    "agent.learning_starts=200",
+    "agent.batch_size=32",
+    "agent.train_freq=2",
+    "optim.lr=0.01",
+    "agent.target_update=1000",
+    "agent.buffer_size=1000",
+    "agent.replay_in_checkpoint=true",
+    "eval.every=0",
+    "eval.episodes=2",
+    "eval.num_envs=2",
+    "tracking.log_every=200",
+    "checkpoint.every=100000",
     "tracking.wandb=disabled",
 ]
 
@@ -241,7 +260,9 @@ def test_evaluation_plays_a_fixed_quota_per_env():
         calls.append(epsilon)
         return np.zeros(len(obs), dtype=np.int64)  # always push left: short episodes
 
-    result = evaluate_policy(act, EnvConfig(id="CartPole-v1"), EvalConfig(episodes=7, num_envs=3, epsilon=0.05, video=False), seed=0)
+    result = evaluate_policy(
+        act, EnvConfig(id="CartPole-v1"), EvalConfig(episodes=7, num_envs=3, epsilon=0.05, video=False), seed=0
+    )
     assert result["eval/episodes"] == 7 and set(calls) == {0.05}
     assert 8 <= result["eval/return"] <= 12 and result["eval/episode_length"] == result["eval/return"]
     assert "eval/hns" not in result
@@ -249,10 +270,19 @@ def test_evaluation_plays_a_fixed_quota_per_env():
 
 def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_path):
     result = run_cli(
-        "train", str(CONFIGS / "dqn" / "pong.yaml"),
-        "total_steps=600", "env.num_envs=2", "agent.learning_starts=200", "agent.buffer_size=2000",
-        "agent.target_update=100", "eval.every=0", "eval.episodes=2", "eval.num_envs=2", "eval.max_episode_frames=400",
-        "tracking.log_every=200", "checkpoint.every=300",
+        "train",
+        str(CONFIGS / "dqn" / "pong.yaml"),
+        "total_steps=600",
+        "env.num_envs=2",
+        "agent.learning_starts=200",
+        "agent.buffer_size=2000",
+        "agent.target_update=100",
+        "eval.every=0",
+        "eval.episodes=2",
+        "eval.num_envs=2",
+        "eval.max_episode_frames=400",
+        "tracking.log_every=200",
+        "checkpoint.every=300",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -284,7 +314,9 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
 
 @pytest.mark.slow
 def test_dqn_solves_cartpole(tmp_path):
-    result = run_cli("train", str(CONFIGS / "dqn" / "cartpole.yaml"), "tracking.wandb=disabled", cwd=tmp_path, timeout=3600)
+    result = run_cli(
+        "train", str(CONFIGS / "dqn" / "cartpole.yaml"), "tracking.wandb=disabled", cwd=tmp_path, timeout=3600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_metrics(only_run_dir(tmp_path / "runs") / "metrics.jsonl")[-1]["summary"]
     assert summary["eval/episodes"] == 100 and summary["eval/return"] >= 195
@@ -298,13 +330,27 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     import time
 
     args = [
-        "train", str(CONFIGS / "dqn" / "cartpole.yaml"), "total_steps=30000", "agent.learning_starts=500",
-        "agent.replay_in_checkpoint=true", "eval.every=0", "eval.episodes=2", "eval.num_envs=2",
-        "tracking.log_every=500", "checkpoint.every=100000", "tracking.wandb=disabled",
+        "train",
+        str(CONFIGS / "dqn" / "cartpole.yaml"),
+        "total_steps=30000",
+        "agent.learning_starts=500",
+        "agent.replay_in_checkpoint=true",
+        "eval.every=0",
+        "eval.episodes=2",
+        "eval.num_envs=2",
+        "tracking.log_every=500",
+        "checkpoint.every=100000",
+        "tracking.wandb=disabled",
     ]
     env = os.environ | {"WANDB_MODE": "disabled"}
-    process = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, run = time.monotonic() + 120, None
     while time.monotonic() < deadline and run is None:
         found = list((tmp_path / "runs").glob("*/metrics.jsonl"))
@@ -330,10 +376,19 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
 
 def test_tiny_breakout_ram_run_reads_the_128_bytes(tmp_path):
     result = run_cli(
-        "train", str(CONFIGS / "dqn" / "breakout_ram.yaml"),
-        "total_steps=400", "env.num_envs=2", "agent.learning_starts=200", "agent.buffer_size=1000",
-        "eval.every=0", "eval.episodes=2", "eval.num_envs=2", "eval.max_episode_frames=400",
-        "tracking.log_every=200", "checkpoint.every=400", "tracking.wandb=disabled",
+        "train",
+        str(CONFIGS / "dqn" / "breakout_ram.yaml"),
+        "total_steps=400",
+        "env.num_envs=2",
+        "agent.learning_starts=200",
+        "agent.buffer_size=1000",
+        "eval.every=0",
+        "eval.episodes=2",
+        "eval.num_envs=2",
+        "eval.max_episode_frames=400",
+        "tracking.log_every=200",
+        "checkpoint.every=400",
+        "tracking.wandb=disabled",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from conftest import CONFIGS, only_run_dir
 
 from generative.metrics import (
     FeatureStats,
@@ -23,8 +24,6 @@ from shared.cli import main
 from shared.errors import ConfigError
 from shared.run import atomic_torch_save, latest_checkpoint
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir
 
 # TorchScript is deprecated in this torch but still reads; it is the format the Inception files come in.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -53,7 +52,9 @@ def test_fid_of_a_set_with_itself_is_zero_and_a_mean_shift_gives_its_squared_len
     mean, cov = stats_of(random_features(2000, 8, seed=1))
     assert abs(frechet_distance(mean, cov, mean, cov)) < 1e-9
     shift = torch.tensor([1.0, -2.0, 0.5, 0, 0, 0, 0, 3.0], dtype=torch.float64)
-    assert frechet_distance(mean, cov, mean + shift, cov) == pytest.approx(shift.square().sum().item(), abs=1e-8)  # 14.25
+    assert frechet_distance(mean, cov, mean + shift, cov) == pytest.approx(
+        shift.square().sum().item(), abs=1e-8
+    )  # 14.25
 
 
 def test_fid_of_diagonal_covariances_has_its_closed_form():
@@ -102,7 +103,9 @@ def test_cache_reader_accepts_a_whole_file_and_refuses_corrupt_or_stale_ones(tmp
 
     cases = {
         "stale: made by recipe old, not abc": lambda: atomic_torch_save(cache_entry("old"), path),
-        "its weights do not match their SHA-256 digest": lambda: atomic_torch_save(cache_entry("abc", tamper=True), path),
+        "its weights do not match their SHA-256 digest": lambda: atomic_torch_save(
+            cache_entry("abc", tamper=True), path
+        ),
         "unreadable": lambda: path.write_bytes(path.read_bytes()[:100]),  # a torn file
         "not a pixlab classifier cache": lambda: torch.save({"format": 7}, path),
     }

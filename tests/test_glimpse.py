@@ -56,7 +56,9 @@ def test_sensor_keeps_channels_apart_and_glimpse_network_shapes():
     retina = GlimpseSensor(patch=12, scales=3)(x, torch.zeros(3, 2))
     assert retina.shape == (3, 12, 12, 12)
     lit = retina.mean((0, 2, 3))
-    assert lit.tolist() == [0, 0, 1, 0] * 3  # every scale's channel 2, nothing else (the 48x48 patch is inside the frame)
+    assert (
+        lit.tolist() == [0, 0, 1, 0] * 3
+    )  # every scale's channel 2, nothing else (the 48x48 patch is inside the frame)
     g = GlimpseNetwork(4, patch=12, scales=3)(x, torch.zeros(3, 2))
     assert g.shape == (3, 256) and (g >= 0).all()
 

@@ -9,16 +9,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONFIGS, only_run_dir, run_cli
+from exact_resume import assert_resume_is_exact
+from wandb_records import offline_run
 
 from generative.pixelcnn import GatedPixelCNN, PixelCNN, bits_per_dim, causal_mask, nll_nats, vertical_mask
 from generative.sampling import draw, sample
 from shared.cli import main
 from shared.run import list_checkpoints
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir, run_cli
-from exact_resume import assert_resume_is_exact
-from wandb_records import offline_run
 
 DIGITS = str(CONFIGS / "pixelcnn" / "digits.yaml")
 BINARIZED_MNIST = str(CONFIGS / "pixelcnn" / "binarized_mnist.yaml")
@@ -54,7 +53,9 @@ def test_colour_group_masks_order_r_g_b_at_the_centre_only():
     # Image channels R, G, B in, six features out (groups R G B R G B): channel c is in group c % 3.
     a = causal_mask((3, 3), "A", 3, 6, colours=3)
     b = causal_mask((3, 3), "B", 3, 6, colours=3)
-    centre_a = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 1, 0]] * 2, dtype=torch.float)  # (out, in): R sees nothing, G sees R, B sees R and G
+    centre_a = torch.tensor(
+        [[0, 0, 0], [1, 0, 0], [1, 1, 0]] * 2, dtype=torch.float
+    )  # (out, in): R sees nothing, G sees R, B sees R and G
     centre_b = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]] * 2, dtype=torch.float)  # and each group itself
     assert torch.equal(a[:, :, 1, 1], centre_a) and torch.equal(b[:, :, 1, 1], centre_b)
     for mask in (a, b):  # off the centre, every channel sees every channel of the earlier pixels, none of the later
@@ -158,7 +159,9 @@ def test_nll_in_nats_matches_a_hand_computation():
     images = torch.tensor([1, 0], dtype=torch.uint8).view(1, 1, 1, 2)
     assert nll_nats(logits, images).item() == pytest.approx(math.log(8))
     # Three-way softmax, uniform logits: ln 3 per sub-pixel, 2 channels x 2 pixels.
-    assert nll_nats(torch.zeros(1, 3, 2, 1, 2), torch.zeros(1, 2, 1, 2, dtype=torch.uint8)).item() == pytest.approx(4 * math.log(3))
+    assert nll_nats(torch.zeros(1, 3, 2, 1, 2), torch.zeros(1, 2, 1, 2, dtype=torch.uint8)).item() == pytest.approx(
+        4 * math.log(3)
+    )
     # A batch is scored image by image, and equals the summed binary cross-entropy.
     torch.manual_seed(0)
     logits, images = torch.randn(4, 1, 1, 5, 5), torch.randint(0, 2, (4, 1, 5, 5))
@@ -198,7 +201,9 @@ def test_train_on_digits_through_the_cli_writes_the_run_and_eval_agrees(tmp_path
     evaluated = run_cli("eval", str(run), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
-    assert metrics["step"] == 46 and metrics["test/bits_per_dim"] == pytest.approx(summary["test/bits_per_dim"], rel=1e-6)
+    assert metrics["step"] == 46 and metrics["test/bits_per_dim"] == pytest.approx(
+        summary["test/bits_per_dim"], rel=1e-6
+    )
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
@@ -207,7 +212,14 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(tmp_
 
 
 def test_class_conditional_gated_run_draws_a_row_per_class(tmp_path):
-    overrides = ["model.kind=gated", "model.hidden=8", "model.conditional=true", "train.max_steps=5", "sample.count=20", *QUIET]
+    overrides = [
+        "model.kind=gated",
+        "model.hidden=8",
+        "model.conditional=true",
+        "train.max_steps=5",
+        "sample.count=20",
+        *QUIET,
+    ]
     assert main(["train", DIGITS, *overrides, f"runs_dir={tmp_path}"]) == 0
     run = only_run_dir(tmp_path)
     assert read_metrics(run / "metrics.jsonl")[-1]["summary"]["test/bits_per_dim"] < 8
@@ -219,8 +231,16 @@ def test_class_conditional_gated_run_draws_a_row_per_class(tmp_path):
 
 def test_binarized_mnist_trains_briefly_and_scores_the_fixed_binary_test_set(tmp_path, mnist_root):
     overrides = [
-        f"data.root={mnist_root}", "data.download=false", "model.hidden=4", "model.layers=1", "model.head_hidden=8",
-        "train.max_steps=4", "train.batch_size=16", "train.eval_batch_size=2000", "sample.count=4", *QUIET,
+        f"data.root={mnist_root}",
+        "data.download=false",
+        "model.hidden=4",
+        "model.layers=1",
+        "model.head_hidden=8",
+        "train.max_steps=4",
+        "train.batch_size=16",
+        "train.eval_batch_size=2000",
+        "sample.count=4",
+        *QUIET,
     ]
     result = run_cli("train", BINARIZED_MNIST, *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONFIGS, only_run_dir, run_cli
+from wandb_records import offline_run
 
 from rl.ram import Glimpses, RecurrentAttention, hybrid_loss
 from shared.models.glimpse import GlimpseConfig
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir, run_cli
-from wandb_records import offline_run
 
 
 def test_hybrid_loss_matches_hand_computation():
@@ -50,8 +49,19 @@ def test_model_takes_the_configured_glimpses_and_gradients_reach_every_part():
 
 def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
     config = str(CONFIGS / "ram" / "translated60.yaml")
-    args = ["train", config, f"task.root={mnist_root}", "task.clutter=4", "train.max_steps=20", "train.batch_size=16",
-            "train.eval_samples=2", "task.test_limit=300", "train.paths_to_plot=4", "tracking.log_every=10", "checkpoint.every=10"]
+    args = [
+        "train",
+        config,
+        f"task.root={mnist_root}",
+        "task.clutter=4",
+        "train.max_steps=20",
+        "train.batch_size=16",
+        "train.eval_samples=2",
+        "task.test_limit=300",
+        "train.paths_to_plot=4",
+        "tracking.log_every=10",
+        "checkpoint.every=10",
+    ]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import CONFIGS, only_run_dir, run_cli
+from wandb_records import offline_run
 
 from rl.envs import EnvConfig, make_vec_env
 from rl.reinforce import AgentConfig, Player, ReinforceConfig, advantages, build_policy, pad_episodes, reward_to_go
 from shared.errors import ConfigError
 from shared.models.glimpse import GlimpseAgent, GlimpseConfig
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir, run_cli
-from wandb_records import offline_run
 
 
 def test_reward_to_go_by_hand():
@@ -87,23 +86,41 @@ class ScriptedPong:
 @pytest.mark.parametrize("rule", [True, False])
 def test_karpathy_return_rule_cuts_at_each_point(rule):
     agent = AgentConfig(gamma=0.99, reset_return_on_reward=rule)
-    player = Player(ScriptedPong(), Scripted(), EnvConfig(id="ALE/Pong-v5", clip_rewards=False), agent, None, torch.device("cpu"), 0)
+    player = Player(
+        ScriptedPong(), Scripted(), EnvConfig(id="ALE/Pong-v5", clip_rewards=False), agent, None, torch.device("cpu"), 0
+    )
     (episode,), taken = player.play(1)
     assert taken == 8 and episode.rewards.tolist() == ScriptedPong.rewards and episode.score == -1.0
     g = reward_to_go(episode.rewards, episode.cuts, agent.gamma)  # what update() regresses on
     if rule:  # each point ends its return: G = -1 at step 2, +1 at step 4, -1 at step 7, discounted before them
         assert episode.cuts.tolist() == [False, False, True, False, True, False, False, True]
-        assert g.tolist() == pytest.approx([-0.99**2, -0.99, -1, 0.99, 1, -0.99**2, -0.99, -1])
+        assert g.tolist() == pytest.approx([-(0.99**2), -0.99, -1, 0.99, 1, -(0.99**2), -0.99, -1])
     else:  # one return over the whole episode: G_4 = 1 - 0.99^3, G_2 = -1 + 0.99 G_3 = -1 + 0.99^2 G_4
         assert episode.cuts.tolist() == [False] * 7 + [True]
         g4 = 1 - 0.99**3
-        assert g.tolist() == pytest.approx([0.99**2 * (-1 + 0.99**2 * g4), 0.99 * (-1 + 0.99**2 * g4), -1 + 0.99**2 * g4,
-                                            0.99 * g4, g4, -0.99**2, -0.99, -1])
+        assert g.tolist() == pytest.approx(
+            [
+                0.99**2 * (-1 + 0.99**2 * g4),
+                0.99 * (-1 + 0.99**2 * g4),
+                -1 + 0.99**2 * g4,
+                0.99 * g4,
+                g4,
+                -(0.99**2),
+                -0.99,
+                -1,
+            ]
+        )
 
 
 def test_glimpse_agent_log_prob_is_action_plus_location():
     torch.manual_seed(0)
-    agent = GlimpseAgent(4, 3, GlimpseConfig(patch=6, scales=2, hidden=16, what=8, where=8, glimpse_features=16, core="lstm", location_std=0.2))
+    agent = GlimpseAgent(
+        4,
+        3,
+        GlimpseConfig(
+            patch=6, scales=2, hidden=16, what=8, where=8, glimpse_features=16, core="lstm", location_std=0.2
+        ),
+    )
     obs = torch.randint(0, 255, (5, 2, 4, 42, 42), dtype=torch.uint8)  # (T, E, C, H, W)
     memory = agent.initial_memory(2, torch.device("cpu"))
     actions, locations, nexts = [], [], []
@@ -131,8 +148,16 @@ def test_padding_keeps_each_episode_in_its_column():
     from rl.reinforce import Episode
 
     def episode(n, value):
-        return Episode(np.full((n, 2), value), np.full(n, value, dtype=np.int64), {"value": np.full(n, value, dtype=np.float32)},
-                       np.zeros(n, np.float32), np.r_[np.zeros(n - 1, bool), True], 0.0, n, 0)
+        return Episode(
+            np.full((n, 2), value),
+            np.full(n, value, dtype=np.int64),
+            {"value": np.full(n, value, dtype=np.float32)},
+            np.zeros(n, np.float32),
+            np.r_[np.zeros(n - 1, bool), True],
+            0.0,
+            n,
+            0,
+        )
 
     obs, actions, extras, mask = pad_episodes([episode(3, 1), episode(1, 2)], torch.device("cpu"))
     assert obs.shape == (3, 2, 2) and mask.tolist() == [[True, True], [True, False], [True, False]]
@@ -150,7 +175,9 @@ def test_policies_are_chosen_by_observation_shape():
 
 def test_cartpole_run_through_the_cli_and_eval(tmp_path):
     config = str(CONFIGS / "reinforce" / "cartpole.yaml")
-    result = run_cli("train", config, "total_steps=1500", "checkpoint.every=500", "eval.episodes=4", "eval.num_envs=2", cwd=tmp_path)
+    result = run_cli(
+        "train", config, "total_steps=1500", "checkpoint.every=500", "eval.episodes=4", "eval.num_envs=2", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
     records = read_metrics(run / "metrics.jsonl")
@@ -158,7 +185,12 @@ def test_cartpole_run_through_the_cli_and_eval(tmp_path):
     assert updates and all(r["train/episodes"] >= 8 * (i + 1) for i, r in enumerate(updates))
     assert [r["train/updates"] for r in updates] == list(range(1, len(updates) + 1))
     agent = yaml.safe_load((run / "config.yaml").read_text())["agent"]  # train/loss: the total that was minimised
-    parts = [r["train/policy_loss"] - agent["entropy_coef"] * r["train/entropy"] + agent["value_coef"] * r["train/value_loss"] for r in updates]
+    parts = [
+        r["train/policy_loss"]
+        - agent["entropy_coef"] * r["train/entropy"]
+        + agent["value_coef"] * r["train/value_loss"]
+        for r in updates
+    ]
     assert [r["train/loss"] for r in updates] == pytest.approx(parts, rel=1e-4, abs=1e-6)
     summary = records[-1]["summary"]
     assert summary["train/steps"] == updates[-1]["step"] >= 1500
@@ -178,8 +210,16 @@ def test_cartpole_run_through_the_cli_and_eval(tmp_path):
 
 @pytest.mark.parametrize("config", ["pong_karpathy", "breakout_ram", "breakout_glimpses"])
 def test_atari_policies_run_through_the_cli(tmp_path, config):
-    result = run_cli("train", str(CONFIGS / "reinforce" / f"{config}.yaml"), "total_steps=600", "env.num_envs=2",
-                     "agent.batch_episodes=2", "env.max_episode_frames=1200", "tracking.wandb=disabled", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        str(CONFIGS / "reinforce" / f"{config}.yaml"),
+        "total_steps=600",
+        "env.num_envs=2",
+        "agent.batch_episodes=2",
+        "env.max_episode_frames=1200",
+        "tracking.wandb=disabled",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
     records = read_metrics(run / "metrics.jsonl")
@@ -192,14 +232,22 @@ def test_atari_policies_run_through_the_cli(tmp_path, config):
 
 
 def test_action_set_outside_the_game_is_refused(tmp_path):
-    result = run_cli("train", str(CONFIGS / "reinforce" / "pong_karpathy.yaml"), "policy.action_set=[2,9]", "total_steps=100", cwd=tmp_path)
+    result = run_cli(
+        "train",
+        str(CONFIGS / "reinforce" / "pong_karpathy.yaml"),
+        "policy.action_set=[2,9]",
+        "total_steps=100",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "policy.action_set" in result.stderr and "0..5" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
 
 
 @pytest.mark.slow
 def test_reinforce_solves_cartpole(tmp_path):
-    result = run_cli("train", str(CONFIGS / "reinforce" / "cartpole.yaml"), "tracking.wandb=disabled", cwd=tmp_path, timeout=1800)
+    result = run_cli(
+        "train", str(CONFIGS / "reinforce" / "cartpole.yaml"), "tracking.wandb=disabled", cwd=tmp_path, timeout=1800
+    )
     assert result.returncode == 0, result.stderr
     summary = read_metrics(only_run_dir(tmp_path / "runs") / "metrics.jsonl")[-1]["summary"]
     assert summary["train/return_100"] >= 475

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from conftest import CONFIGS, REPO
 
 import shared.classify  # noqa: F401  (registers algo: classify)
 import shared.data.files
@@ -25,8 +26,6 @@ from shared.cli import main
 from shared.config import load_config
 from shared.errors import CheckpointError, NonFiniteLossError, RunFolderError
 from shared.run import Run, RunLock
-
-from conftest import CONFIGS, REPO
 
 DIGITS = CONFIGS / "classify" / "lenet5_digits.yaml"
 QUIET = ["tracking.wandb=disabled"]
@@ -40,7 +39,9 @@ def runs_in(root):
 def train_tiny(tmp_path, *overrides) -> tuple[int, object]:
     """`pixlab train` of LeNet-5 on the digits for a few steps, in this process: (status, run folder or None)."""
     runs = tmp_path / "runs"
-    status = main(["train", str(DIGITS), f"runs_dir={runs}", *QUIET, "train.max_steps=4", "checkpoint.every=2", *overrides])
+    status = main(
+        ["train", str(DIGITS), f"runs_dir={runs}", *QUIET, "train.max_steps=4", "checkpoint.every=2", *overrides]
+    )
     found = runs_in(runs)
     return status, found[-1] if found else None
 
@@ -81,7 +82,9 @@ def test_non_finite_floats_in_a_config_are_rejected(tmp_path, capsys, override):
 def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     _, run = make_run(tmp_path)
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(NonFiniteLossError, match=r"model.weight holds NaN or infinite values at step 20: .*step-000000010.pt"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"model.weight holds NaN or infinite values at step 20: .*step-000000010.pt"
+    ):
         with run:
             run.save(10, {"model": model})
             with torch.no_grad():
@@ -169,8 +172,16 @@ DQN = CONFIGS / "dqn" / "cartpole.yaml"
 @pytest.mark.parametrize(
     "config, override, message",
     [
-        (DQN, "env.id=CartPol-v1", "env.id='CartPol-v1' is not a registered gymnasium env (did you mean 'CartPole-v1'?)"),
-        (DQN, "env.id=ALE/Pnog-v5", "env.id='ALE/Pnog-v5' is not a registered gymnasium env (did you mean 'ALE/Pong-v5'?)"),
+        (
+            DQN,
+            "env.id=CartPol-v1",
+            "env.id='CartPol-v1' is not a registered gymnasium env (did you mean 'CartPole-v1'?)",
+        ),
+        (
+            DQN,
+            "env.id=ALE/Pnog-v5",
+            "env.id='ALE/Pnog-v5' is not a registered gymnasium env (did you mean 'ALE/Pong-v5'?)",
+        ),
         (DQN, "eval.episodes=0", "eval.episodes=0: must be > 0"),
         (DQN, "agent.buffer_size=100", "agent.buffer_size=100: must be >= agent.batch_size (128)"),
         (DQN, "env.obs_type=ram", "env.obs_type='ram': 'ram' needs an Atari env (ALE/<Game>-v5), not CartPole-v1"),
@@ -196,7 +207,9 @@ def test_a_range_error_in_the_file_blames_the_file(tmp_path):
 def test_a_scalar_for_a_section_names_the_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo: classify\ndata: 5\n")
-    with pytest.raises(Exception, match=rf"^{path}: 'data' is a section, not a value \(5\); give it keys: augment, download, name"):
+    with pytest.raises(
+        Exception, match=rf"^{path}: 'data' is a section, not a value \(5\); give it keys: augment, download, name"
+    ):
         load_config(path)
     with pytest.raises(Exception, match=r"^override 'data.augment=3': 'data.augment' is a section, not a value \(3\)"):
         load_config(DIGITS, ["data.augment=3"])
@@ -209,9 +222,14 @@ MNIST = CONFIGS / "classify" / "lenet5_mnist.yaml"
 def test_a_folder_where_a_data_file_should_be(tmp_path, capsys):
     (tmp_path / "data" / "mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)
     runs = tmp_path / "runs"
-    status = main(["train", str(MNIST), f"runs_dir={runs}", *QUIET, f"data.root={tmp_path / 'data'}", "data.download=false"])
+    status = main(
+        ["train", str(MNIST), f"runs_dir={runs}", *QUIET, f"data.root={tmp_path / 'data'}", "data.download=false"]
+    )
     assert status == 2
-    assert f"cannot read {tmp_path / 'data' / 'mnist' / 'train-images-idx3-ubyte.gz'}: Is a directory" in capsys.readouterr().err
+    assert (
+        f"cannot read {tmp_path / 'data' / 'mnist' / 'train-images-idx3-ubyte.gz'}: Is a directory"
+        in capsys.readouterr().err
+    )
     assert runs_in(runs) == []
 
 
@@ -241,7 +259,10 @@ def test_runs_dir_that_cannot_be_written(tmp_path, capsys):
         (lambda d: (d / "meta.json").unlink(), "is not a whole run folder: it has no meta.json"),
         (lambda d: (d / "meta.json").write_text("{"), "cannot read {d}/meta.json: Expecting property name"),
         (lambda d: (d / "config.yaml").write_text("algo: [classify"), "{d}/config.yaml is not valid YAML"),
-        (lambda d: (d / "metrics.jsonl").write_bytes(b'{"step": 1}\n\xff\xfe\n'), "{d}/metrics.jsonl line 2 is not UTF-8 text"),
+        (
+            lambda d: (d / "metrics.jsonl").write_bytes(b'{"step": 1}\n\xff\xfe\n'),
+            "{d}/metrics.jsonl line 2 is not UTF-8 text",
+        ),
     ],
 )
 def test_a_damaged_run_folder_is_refused_by_resume_with_its_path(tmp_path, capsys, damage, message):
@@ -260,8 +281,15 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
     status, run_dir = train_tiny(tmp_path)
     assert status == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from shared.run import RunLock; RunLock({str(run_dir)!r}); print('held', flush=True); input()"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"from shared.run import RunLock; RunLock({str(run_dir)!r}); print('held', flush=True); input()",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline() == "held\n"
@@ -292,7 +320,10 @@ def test_eval_of_another_algorithms_checkpoint_says_what_was_expected(tmp_path, 
     checkpoint["state"] = {"q": torch.nn.Linear(2, 2).state_dict()}
     atomic_torch_save(checkpoint, last)
     assert main(["eval", str(run_dir)]) == 2
-    assert f"{last} is not a classify checkpoint of {run_dir / 'config.yaml'}: it has no 'model' state (it holds q)" in capsys.readouterr().err
+    assert (
+        f"{last} is not a classify checkpoint of {run_dir / 'config.yaml'}: it has no 'model' state (it holds q)"
+        in capsys.readouterr().err
+    )
 
 
 def test_eval_with_another_architecture_says_what_was_expected(tmp_path, capsys):
@@ -301,7 +332,10 @@ def test_eval_with_another_architecture_says_what_was_expected(tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", str(run_dir), "model.name=resnet20"]) == 2
     err = capsys.readouterr().err
-    assert f"{latest_checkpoint(run_dir)} does not hold the weights {run_dir / 'config.yaml'} (with the overrides) expects" in err
+    assert (
+        f"{latest_checkpoint(run_dir)} does not hold the weights {run_dir / 'config.yaml'} (with the overrides) expects"
+        in err
+    )
     assert "Error(s) in loading state_dict for CifarResNet" in err
 
 
@@ -323,7 +357,13 @@ def test_sigkill_at_random_moments_then_resume_ends_with_the_uninterrupted_metri
 
     def start(*command):
         with open(log, "w") as stderr:
-            return subprocess.Popen([sys.executable, "-m", "shared.cli", *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+            return subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", *command],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
 
     def kill_when(process, moment) -> bool:
         """SIGKILL `process` as soon as `moment()` is true; False when it ended first."""

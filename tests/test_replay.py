@@ -75,8 +75,15 @@ BEFORE_WRAP = {  # after 7 steps: times 0..7 written, nothing overwritten
     # slot 5 holds the final observation (no transition); slot 6 opens the next episode: the ring still holds
     # times 3..5 of the previous one, but the stack reads zeros as the env's did
     6: (0, 6, [0, 0, 0, 61], [0, 0, 61, 71]),
-    **{8 + t: (1, t, [value(1, u) if u >= 0 else 0 for u in range(t - 3, t + 1)],
-               [value(1, u) if u >= 0 else 0 for u in range(t - 2, t + 2)]) for t in range(7)},
+    **{
+        8 + t: (
+            1,
+            t,
+            [value(1, u) if u >= 0 else 0 for u in range(t - 3, t + 1)],
+            [value(1, u) if u >= 0 else 0 for u in range(t - 2, t + 2)],
+        )
+        for t in range(7)
+    },
 }
 AFTER_WRAP = {  # after 13 steps: times 6..13 held, at positions 6, 7, 0, 1, ..., 5
     6: (0, 6, [0, 0, 0, 61], [0, 0, 61, 71]),  # padding stands where the overwritten times 3..5 were
@@ -263,7 +270,9 @@ def test_a_learner_terminal_without_reset_cuts_windows_but_not_stacks():
 
 def filled(prioritized: bool, steps: int = 40, capacity: int = 64, **kwargs) -> FrameReplay:
     """2 envs of vector frames, 32 slots each, no episode end: after 40 steps each env holds 31 transitions."""
-    replay = FrameReplay(capacity, 2, frame_shape=(1,), stack=1, prioritized=prioritized, frame_dtype=np.float32, **kwargs)
+    replay = FrameReplay(
+        capacity, 2, frame_shape=(1,), stack=1, prioritized=prioritized, frame_dtype=np.float32, **kwargs
+    )
     replay.reset(np.zeros((2, 1)))
     for s in range(1, steps + 1):
         replay.step([0, 1], [1.0, 2.0], [False, False], [False, False], np.full((2, 1), s), [False, False])
@@ -347,7 +356,11 @@ def test_bytes_per_transition_at_84x84():
     for prioritized, exact in ((False, 7069.0078125), (True, 7084.0078125)):
         replay = FrameReplay(4096, 4, prioritized=prioritized)
         print(f"FrameReplay: {replay.bytes_per_transition} bytes per 84x84 transition")
-        assert replay.bytes_per_transition == exact == 84 * 84 + 4 + 4 + 4 * 1 + (2 * 8 if prioritized else 1) + 4 * 8 / 4096
+        assert (
+            replay.bytes_per_transition
+            == exact
+            == 84 * 84 + 4 + 4 + 4 * 1 + (2 * 8 if prioritized else 1) + 4 * 8 / 4096
+        )
         assert replay.bytes_per_transition <= 7200
     assert not hasattr(FrameReplay(4096, 4), "tree")  # uniform replay does no sum-tree work
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import CONFIGS
 
 import shared.cli
 from shared.cli import import_algorithms, main
+from shared.cli.report import build_sections, describe_metric, find_runs, mean_curve, use_log_axis, wandb_workspace
 from shared.config import ALGORITHMS, Metric, RunConfig, register
-from shared.report import build_sections, describe_metric, find_runs, mean_curve, use_log_axis, wandb_workspace
-
-from conftest import CONFIGS
 
 import_algorithms()  # the registry that report reads (main() fills it too)
 
@@ -46,8 +45,14 @@ def sweep(tmp_path) -> Path:
     root = tmp_path / "runs" / "lr-sweep"
     for lr in LRS:
         for seed in SEEDS:
-            config = {"algo": "classify", "name": f"lenet-lr{lr}", "seed": seed, "runs_dir": str(root),
-                      "optim": {"name": "sgd", "lr": lr}, "tracking": {"group": "lr-sweep", "tags": ["classify"]}}
+            config = {
+                "algo": "classify",
+                "name": f"lenet-lr{lr}",
+                "seed": seed,
+                "runs_dir": str(root),
+                "optim": {"name": "sgd", "lr": lr},
+                "tracking": {"group": "lr-sweep", "tags": ["classify"]},
+            }
             records = [{"step": s, "train/loss": 1.0 / s, "test/error": error_at(lr, seed, s)} for s in STEPS]
             write_run(root / f"trial-lr{lr}-seed{seed}", config, records, {"test/error": error_at(lr, seed, STEPS[-1])})
     return root
@@ -68,15 +73,23 @@ def test_table_holds_final_and_best_mean_and_std_over_seeds(sweep, tmp_path, cap
         finals = [100 * error_at(lr, seed, 300) for seed in SEEDS]  # test/error is reported in %
         bests = [100 * min(error_at(lr, seed, s) for s in STEPS) for seed in SEEDS]
         row = rows[f"optim.lr={lr}"]
-        assert (row["algo"], row["metric"], row["unit"], row["best_is"], row["seeds"]) == ("classify", "test/error", "%", "min", "3")
+        assert (row["algo"], row["metric"], row["unit"], row["best_is"], row["seeds"]) == (
+            "classify",
+            "test/error",
+            "%",
+            "min",
+            "3",
+        )
         assert float(row["final_mean"]) == pytest.approx(statistics.mean(finals))
         assert float(row["final_std"]) == pytest.approx(statistics.stdev(finals))
         assert float(row["best_mean"]) == pytest.approx(statistics.mean(bests))
         assert float(row["best_std"]) == pytest.approx(statistics.stdev(bests))
         assert (row["last_step_min"], row["last_step_max"]) == ("300", "300")
         assert len(row["runs"].split(";")) == 3
-        line = (f"| optim.lr={lr} | 3 | {statistics.mean(finals):.4g} ± {statistics.stdev(finals):.2g} "
-                f"| {statistics.mean(bests):.4g} ± {statistics.stdev(bests):.2g} | 300 |")
+        line = (
+            f"| optim.lr={lr} | 3 | {statistics.mean(finals):.4g} ± {statistics.stdev(finals):.2g} "
+            f"| {statistics.mean(bests):.4g} ± {statistics.stdev(bests):.2g} | 300 |"
+        )
         assert line in printed and line in (out / "report.md").read_text()
     for name in ("curves-classify-test-error.png", "sweep-classify-test-error.png"):
         image = (out / name).read_bytes()
@@ -85,7 +98,22 @@ def test_table_holds_final_and_best_mean_and_std_over_seeds(sweep, tmp_path, cap
 
 def test_group_by_a_config_key_pools_its_runs_and_the_direction_can_be_overridden(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["report", str(sweep), "--group-by", "optim.name", "--metric", "train/loss", "--higher-better", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(sweep),
+                "--group-by",
+                "optim.name",
+                "--metric",
+                "train/loss",
+                "--higher-better",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (row,) = read_csv(out / "report.csv").values()
     assert row["group"] == "optim.name=sgd" and row["seeds"] == "6" and row["best_is"] == "max"
     assert float(row["final_mean"]) == pytest.approx(1.0 / STEPS[-1]) and row["final_std"] == "0.0"
@@ -96,7 +124,12 @@ def test_the_swept_parameter_and_its_log_axis(sweep):
     (section,) = build_sections(find_runs([sweep]))
     assert section.swept == {"optim.lr": [0.01, 0.1]}  # seed, name, runs_dir and tracking are not swept
     assert [len(g.runs) for g in section.sweep_groups] == [3, 3]
-    assert use_log_axis([1e-4, 1e-3, 1e-2]) and not use_log_axis([1e-3, 3e-3, 5e-2]) and not use_log_axis(list(LRS)) and not use_log_axis(["sgd", "adam"])
+    assert (
+        use_log_axis([1e-4, 1e-3, 1e-2])
+        and not use_log_axis([1e-3, 3e-3, 5e-2])
+        and not use_log_axis(list(LRS))
+        and not use_log_axis(["sgd", "adam"])
+    )
 
 
 def test_unequal_step_grids_are_interpolated_inside_the_common_range():
@@ -111,11 +144,21 @@ def test_unequal_step_grids_are_interpolated_inside_the_common_range():
 
 def test_a_metric_logged_only_in_the_summary_is_one_point_at_the_last_step(tmp_path, capsys):
     config = {"algo": "vae", "name": "vae", "seed": 0}
-    write_run(tmp_path / "runs" / "vae", config, [{"step": 50, "train/loss": 200.0}], {"train/steps": 60, "test/nll_nats": 88.5})
+    write_run(
+        tmp_path / "runs" / "vae",
+        config,
+        [{"step": 50, "train/loss": 200.0}],
+        {"train/steps": 60, "test/nll_nats": 88.5},
+    )
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "runs"), "--metric", "test/nll_nats", "--out", str(out)]) == 0
     (row,) = read_csv(out / "report.csv").values()
-    assert (row["final_mean"], row["best_mean"], row["last_step_max"], row["unit"]) == ("88.5", "88.5", "60", "nats/image")
+    assert (row["final_mean"], row["best_mean"], row["last_step_max"], row["unit"]) == (
+        "88.5",
+        "88.5",
+        "60",
+        "nats/image",
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,7 +191,8 @@ def test_report_reads_units_goals_and_step_units_from_the_registry():
         "dcgan": ["samples/fid_lenet", "samples/is_lenet"],
     }
     assert {name: a.step_unit for name, a in ALGORITHMS.items() if a.step_unit != "optimizer steps"} == {
-        "dqn": "agent steps", "reinforce": "agent steps",
+        "dqn": "agent steps",
+        "reinforce": "agent steps",
     }
     assert describe_metric("test/error", "classify") == Metric("test/error", "minimize", "%", 100)
     assert describe_metric("train/loss", "pixelcnn") == Metric("train/loss", "minimize", "nats/image")
@@ -185,7 +229,9 @@ def toy_algorithm():
     """An algorithm registered by this test alone; the registry is restored afterwards."""
     before = dict(ALGORITHMS)
     yield register(
-        "toy", ToyConfig, lambda cfg, run: None,
+        "toy",
+        ToyConfig,
+        lambda cfg, run: None,
         metrics=[
             {"name": "eval/points", "goal": "maximize", "unit": "pts", "scale": 10},
             {"name": "train/points", "goal": "maximize"},
@@ -199,7 +245,9 @@ def toy_algorithm():
     ALGORITHMS.update(before)
 
 
-def test_a_toy_algorithm_registered_in_a_test_gets_its_report_defaults_and_workspace_section(toy_algorithm, tmp_path, capsys):
+def test_a_toy_algorithm_registered_in_a_test_gets_its_report_defaults_and_workspace_section(
+    toy_algorithm, tmp_path, capsys
+):
     root = tmp_path / "runs"
     for seed in (0, 1):
         records = [{"step": s, "eval/points": 0.1 * s + seed, "train/points": 1.0} for s in (1, 2)]
@@ -212,14 +260,20 @@ def test_a_toy_algorithm_registered_in_a_test_gets_its_report_defaults_and_works
     assert "## toy: eval/points (pts), higher is better" in capsys.readouterr().out
 
     # runs that never evaluated: the next metric with a goal; train/lr has none, so it is never the default
-    write_run(root / "toy-short", {"algo": "toy", "name": "short", "seed": 0}, [{"step": 1, "train/points": 2.0, "train/lr": 0.1}])
+    write_run(
+        root / "toy-short",
+        {"algo": "toy", "name": "short", "seed": 0},
+        [{"step": 1, "train/points": 2.0, "train/lr": 0.1}],
+    )
     (section,) = build_sections(find_runs([root / "toy-short"]))
     assert (section.metric.name, section.metric.unit, section.metric.higher_better) == ("train/points", "", True)
 
     layout = yaml.safe_load(wandb_workspace())
     (toy,) = [s for s in layout["sections"] if s["name"] == "toy"]
     assert toy == {
-        "name": "toy", "step": "games", "filter": {"tags": ["toy"]},
+        "name": "toy",
+        "step": "games",
+        "filter": {"tags": ["toy"]},
         "panels": [
             {"type": "line", "metric": "eval/points", "unit": "x10 = pts", "best": "max"},
             {"type": "line", "metric": "train/points", "best": "max"},
@@ -289,8 +343,12 @@ def test_a_metric_logged_as_infinity_or_nan_is_reported_as_not_finite(tmp_path, 
     out = tmp_path / "report"
     assert main(["report", str(root), "--metric", "test/loss", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert f"pixlab report: {root / 'r0'}: test/loss is not finite (inf) from step 2 on: the run diverged" in captured.err
-    assert f"pixlab report: {root / 'r1'}: test/loss is not finite (nan) from step 3 on: the run diverged" in captured.err
+    assert (
+        f"pixlab report: {root / 'r0'}: test/loss is not finite (inf) from step 2 on: the run diverged" in captured.err
+    )
+    assert (
+        f"pixlab report: {root / 'r1'}: test/loss is not finite (nan) from step 3 on: the run diverged" in captured.err
+    )
     assert "| r | 2 | not finite (nan, nan) | 0.3125 ± 0.27 | 3 |" in captured.out  # best: of the finite values
     (row,) = read_csv(out / "report.csv").values()
     assert row["final_mean"] == "nan" and float(row["best_mean"]) == pytest.approx(0.3125)

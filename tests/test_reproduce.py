@@ -7,21 +7,35 @@ import json
 import statistics
 
 import pytest
-
-import shared.cli
-import shared.reproduce
-from shared.cli import main
-from shared.config import ALGORITHMS, Metric
-from shared.errors import ConfigError
-from shared.reproduce import BUDGETS, README_MARKERS, entry_names, load_entry, results_table, sweep_spec, update_readme
-from shared.sweep import check_trials, expand
-from shared.tracking import read_summary
-
 from conftest import SHARED_DATA, run_cli
 
+import shared.cli
+import shared.cli.reproduce
+from shared.cli import main
+from shared.cli.reproduce import (
+    BUDGETS,
+    README_MARKERS,
+    entry_names,
+    load_entry,
+    results_table,
+    sweep_spec,
+    update_readme,
+)
+from shared.cli.sweep import check_trials, expand
+from shared.config import ALGORITHMS, Metric
+from shared.errors import ConfigError
+from shared.tracking import read_summary
+
 ISSUE_ENTRIES = {
-    "lenet5-mnist", "resnet20-cifar10", "dqn-nature-pong", "reinforce-pong", "ram-mnist-6",
-    "ram-translated-60", "pixelcnn-bmnist", "vae-bmnist", "dcgan-mnist",
+    "lenet5-mnist",
+    "resnet20-cifar10",
+    "dqn-nature-pong",
+    "reinforce-pong",
+    "ram-mnist-6",
+    "ram-translated-60",
+    "pixelcnn-bmnist",
+    "vae-bmnist",
+    "dcgan-mnist",
 }
 
 
@@ -38,7 +52,10 @@ def test_every_entry_has_a_published_source_and_three_budgets_whose_configs_load
             trials = expand(spec)
             check_trials(spec, trials)  # each seed's config loads as `pixlab train` would load it
             assert [t.seed for t in trials] == list(range(entry.budgets[budget].seeds))
-            assert spec.name == f"reproduce-{name}-{budget}" and spec.metric == {"name": entry.metric.name, "goal": entry.metric.goal}
+            assert spec.name == f"reproduce-{name}-{budget}" and spec.metric == {
+                "name": entry.metric.name,
+                "goal": entry.metric.goal,
+            }
 
 
 def test_an_entrys_metric_is_the_one_its_algorithm_registered():
@@ -54,14 +71,17 @@ def test_an_entrys_metric_is_the_one_its_algorithm_registered():
 @pytest.mark.parametrize(
     "metric, message",
     [
-        ("{name: test/eror}", "metric.name='test/eror' is not a score that algorithm 'classify' registers (did you mean 'test/error'?)"),
+        (
+            "{name: test/eror}",
+            "metric.name='test/eror' is not a score that algorithm 'classify' registers (did you mean 'test/error'?)",
+        ),
         ("{name: train/lr}", "metric.name='train/lr' is not a score that algorithm 'classify' registers"),
         ('{name: test/error, unit: "%"}', "unknown key 'metric.unit'"),  # the unit is the registry's
     ],
 )
 def test_an_entry_whose_metric_its_algorithm_does_not_score_exits_2(tmp_path, monkeypatch, capsys, metric, message):
-    entry = (shared.reproduce.ENTRIES / "lenet5-mnist.yaml").read_text()
-    monkeypatch.setattr(shared.reproduce, "ENTRIES", tmp_path)
+    entry = (shared.cli.reproduce.ENTRIES / "lenet5-mnist.yaml").read_text()
+    monkeypatch.setattr(shared.cli.reproduce, "ENTRIES", tmp_path)
     (tmp_path / "bad.yaml").write_text(entry.replace("metric: {name: test/error, decimals: 2}", f"metric: {metric}"))
     monkeypatch.chdir(tmp_path)
     assert main(["reproduce", "bad", "--budget", "smoke"]) == 2
@@ -106,7 +126,9 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     # --write-readme replaces what lies between the markers and keeps the rest; without them it refuses
     (tmp_path / "README.md").write_text(f"intro\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\noutro\n")
     update_readme(tmp_path / "README.md", tmp_path / "runs")
-    assert (tmp_path / "README.md").read_text() == f"intro\n{README_MARKERS[0]}\n{results_table(tmp_path / 'runs')}\n{README_MARKERS[1]}\noutro\n"
+    assert (
+        tmp_path / "README.md"
+    ).read_text() == f"intro\n{README_MARKERS[0]}\n{results_table(tmp_path / 'runs')}\n{README_MARKERS[1]}\noutro\n"
     (tmp_path / "NOTES.md").write_text("no markers\n")
     with pytest.raises(ConfigError, match="no results table to replace"):
         update_readme(tmp_path / "NOTES.md", tmp_path / "runs")
@@ -116,7 +138,10 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
 def _smoke_marks(name: str) -> list:
     """Slow; and skipped without the real MNIST files when the entry's trainer reads MNIST only."""
     marks = [pytest.mark.slow]
-    if "MNIST files" in load_entry(name).budgets["smoke"].about and not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists():
+    if (
+        "MNIST files" in load_entry(name).budgets["smoke"].about
+        and not (SHARED_DATA / "mnist" / "train-images-idx3-ubyte.gz").exists()
+    ):
         marks.append(pytest.mark.skip(reason=f"the real MNIST files are not in {SHARED_DATA / 'mnist'}"))
     return marks
 

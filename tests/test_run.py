@@ -10,15 +10,14 @@ import signal
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS
 
 import shared.classify  # noqa: F401
-from shared.config import load_config
 from shared.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from shared.config import load_config
 from shared.errors import CheckpointError, DamagedCheckpointError, NonFiniteLossError
 from shared.rng import capture_rng, restore_rng
 from shared.run import Run
-
-from conftest import CONFIGS
 
 
 def make_run(tmp_path, *overrides):
@@ -34,7 +33,14 @@ def test_run_folder_layout_and_meta(tmp_path):
     with run:
         pass
     assert run.dir.parent == tmp_path / "runs" and run.dir.name.endswith("-lenet5-digits")
-    assert {p.name for p in run.dir.iterdir()} == {"config.yaml", "meta.json", "metrics.jsonl", "checkpoints", "media", ".lock"}
+    assert {p.name for p in run.dir.iterdir()} == {
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "checkpoints",
+        "media",
+        ".lock",
+    }
     meta = json.loads((run.dir / "meta.json").read_text())
     assert meta["seed"] == 7 and meta["algo"] == "classify" and meta["command"] == ["pixlab", "train", "x.yaml"]
     assert meta["device"]["type"] == "cpu"
@@ -94,7 +100,9 @@ def test_checkpoint_with_a_pickle_payload_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "step-000000001.pt"
     torch.save({"format": 1, "step": 1, "state": {}, "evil": Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*step-000000001.pt.*Nothing in it was run"):
+    with pytest.raises(
+        CheckpointError, match=r"refusing to load checkpoint .*step-000000001.pt.*Nothing in it was run"
+    ):
         load_checkpoint(path)
     assert not marker.exists()
 
@@ -125,7 +133,10 @@ def test_sigterm_sets_should_stop_and_handlers_are_restored(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     _, run = make_run(tmp_path)
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 12: .* last checkpoint with finite weights is .*step-000000010.pt"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"train/loss is nan at step 12: .* last checkpoint with finite weights is .*step-000000010.pt",
+    ):
         with run:
             run.save(10, {"model": model})
             run.check_finite("train/loss", 0.5, 11)
@@ -134,7 +145,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_bad_input_before_any_checkpoint_removes_the_fresh_run_folder(tmp_path):
-    _, run = make_run(tmp_path, "data.name=mnist", "data.pad=2", f"data.root={tmp_path / 'nowhere'}", "data.download=false")
+    _, run = make_run(
+        tmp_path, "data.name=mnist", "data.pad=2", f"data.root={tmp_path / 'nowhere'}", "data.download=false"
+    )
     with pytest.raises(Exception, match="is missing"):
         with run:
             shared.classify.train(run.cfg, run)

@@ -14,17 +14,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CONFIGS
 
 import shared.classify  # noqa: F401  (registers algo: classify)
 from shared.cli import main, run_trial
+from shared.cli.sweep import expand, find_run_dir, load_spec, run_sweep
 from shared.run import latest_checkpoint, list_checkpoints
-from shared.sweep import expand, find_run_dir, load_spec, run_sweep
 from shared.tracking import read_metrics, read_summary
 
-from conftest import CONFIGS
-
 DIGITS = str(CONFIGS / "classify" / "lenet5_digits.yaml")
-TINY = ["train.max_steps=6", "train.batch_size=64", "train.eval_batch_size=360", "checkpoint.every=3", "tracking.wandb=disabled"]
+TINY = [
+    "train.max_steps=6",
+    "train.batch_size=64",
+    "train.eval_batch_size=360",
+    "checkpoint.every=3",
+    "tracking.wandb=disabled",
+]
 
 
 def write_spec(folder: Path, **spec) -> Path:
@@ -40,29 +45,38 @@ def records(result) -> dict:
 # ----------------------------------------------------------------------------------------- parsing
 def test_grid_is_the_product_of_values_in_spec_order_crossed_with_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(write_spec(
-        tmp_path,
-        name="grid",
-        method="grid",
-        program="train.py",  # W&B's key: accepted and ignored
-        parameters={
-            "optim.lr": {"values": [0.001, 0.01]},
-            "train": {"parameters": {"batch_size": {"values": [32, 64]}}},  # W&B's nesting: train.batch_size
-            "optim.name": {"value": "sgd"},
-        },
-        seeds=[3, 5],
-    ))
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            name="grid",
+            method="grid",
+            program="train.py",  # W&B's key: accepted and ignored
+            parameters={
+                "optim.lr": {"values": [0.001, 0.01]},
+                "train": {"parameters": {"batch_size": {"values": [32, 64]}}},  # W&B's nesting: train.batch_size
+                "optim.name": {"value": "sgd"},
+            },
+            seeds=[3, 5],
+        )
+    )
     trials = expand(spec)
     assert [(t.params, t.seed) for t in trials] == [
         ({"optim.lr": lr, "train.batch_size": bs, "optim.name": "sgd"}, seed)
-        for lr in (0.001, 0.01) for bs in (32, 64) for seed in (3, 5)
+        for lr in (0.001, 0.01)
+        for bs in (32, 64)
+        for seed in (3, 5)
     ]
     assert any("`program` is ignored" in note for note in spec.notes)
     overrides = trials[1].overrides(spec, "t001")
     assert overrides[: len(TINY)] == TINY
-    assert overrides[len(TINY):] == [
-        "optim.lr=0.001", "train.batch_size=32", "optim.name=sgd", "seed=5",
-        f"runs_dir={tmp_path.resolve() / 'runs' / 'grid'}", "name=grid-t001", "tracking.group=grid",
+    assert overrides[len(TINY) :] == [
+        "optim.lr=0.001",
+        "train.batch_size=32",
+        "optim.name=sgd",
+        "seed=5",
+        f"runs_dir={tmp_path.resolve() / 'runs' / 'grid'}",
+        "name=grid-t001",
+        "tracking.group=grid",
     ]
 
 
@@ -74,14 +88,21 @@ def test_random_draws_are_seeded_and_inside_their_distributions(tmp_path):
         "optim.weight_decay": {"distribution": "q_uniform", "min": 0.0, "max": 0.01, "q": 0.002},
         "optim.name": {"values": ["sgd", "adam"], "probabilities": [0.25, 0.75]},
     }
-    draw = lambda seed: expand(load_spec(write_spec(tmp_path, method="random", run_cap=400, sample_seed=seed, parameters=parameters)))
+
+    def draw(seed):
+        return expand(
+            load_spec(write_spec(tmp_path, method="random", run_cap=400, sample_seed=seed, parameters=parameters))
+        )
+
     trials = draw(0)
     assert len(trials) == 400 and all(t.seed is None for t in trials)  # no seeds: each trial keeps the config's seed
     assert [t.params for t in trials] == [t.params for t in draw(0)]
     assert [t.params for t in trials] != [t.params for t in draw(1)]
     lrs = [t.params["optim.lr"] for t in trials]
     assert all(1e-4 <= lr <= 1e-1 for lr in lrs)
-    assert 0.4 < sum(lr < math.sqrt(1e-4 * 1e-1) for lr in lrs) / len(lrs) < 0.6  # uniform in log space: half below the geometric mean
+    assert (
+        0.4 < sum(lr < math.sqrt(1e-4 * 1e-1) for lr in lrs) / len(lrs) < 0.6
+    )  # uniform in log space: half below the geometric mean
     assert all(0.5 <= t.params["optim.momentum"] <= 0.99 for t in trials)
     sizes = [t.params["train.batch_size"] for t in trials]
     assert all(isinstance(s, int) and 16 <= s <= 64 for s in sizes) and {16, 64} <= set(sizes)
@@ -95,16 +116,34 @@ def test_random_draws_are_seeded_and_inside_their_distributions(tmp_path):
     [
         ({"method": "grid", "paramters": {}}, "unknown key 'paramters' (did you mean 'parameters'?)"),
         ({"method": "grdi"}, "method='grdi' is not a valid choice (did you mean 'grid'?)"),
-        ({"method": "random", "run_cap": 2, "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.1, "max": 0.01}}},
-         "parameters.optim.lr: min=0.1 is greater than max=0.01"),
-        ({"parameters": {"optim.lr": {"vales": [0.1]}}}, "unknown key 'parameters.optim.lr.vales' (did you mean 'values'?)"),
+        (
+            {
+                "method": "random",
+                "run_cap": 2,
+                "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.1, "max": 0.01}},
+            },
+            "parameters.optim.lr: min=0.1 is greater than max=0.01",
+        ),
+        (
+            {"parameters": {"optim.lr": {"vales": [0.1]}}},
+            "unknown key 'parameters.optim.lr.vales' (did you mean 'values'?)",
+        ),
         ({"parameters": {"optim.lrr": {"values": [0.1]}}}, "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
-        ({"parameters": {"optim.lr": {"distribution": "uniform", "min": 0.1, "max": 1.0}}}, "method grid needs `values` or `value`"),
+        (
+            {"parameters": {"optim.lr": {"distribution": "uniform", "min": 0.1, "max": 1.0}}},
+            "method grid needs `values` or `value`",
+        ),
         ({"method": "random", "parameters": {"optim.lr": {"values": [0.1]}}}, "method random needs run_cap"),
-        ({"method": "bayes", "parameters": {"optim.lr": {"min": 0.001, "max": 0.1}}}, "method bayes needs W&B's sweep server"),
+        (
+            {"method": "bayes", "parameters": {"optim.lr": {"min": 0.001, "max": 0.1}}},
+            "method bayes needs W&B's sweep server",
+        ),
         ({"seeds": 0}, "seeds=0 must be an integer >= 1"),
         # the spec's own overrides: the message names the spec file and the override
-        ({"overrides": ["optim.lrr=0.1"]}, "spec.yaml: override 'optim.lrr=0.1': unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        (
+            {"overrides": ["optim.lrr=0.1"]},
+            "spec.yaml: override 'optim.lrr=0.1': unknown key 'optim.lrr' (did you mean 'optim.lr'?)",
+        ),
         ({"overrides": ["train.max_steps"]}, "spec.yaml: override 'train.max_steps' must look like key=value"),
     ],
 )
@@ -133,13 +172,18 @@ def test_wandb_backend_says_why_it_cannot_run_offline_or_logged_out(tmp_path, mo
 @pytest.mark.parametrize(
     "content, problem",
     [
-        (b'{"format": 1, "trials": {', "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 26 (char 25))"),
+        (
+            b'{"format": 1, "trials": {',
+            "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 26 (char 25))",
+        ),
         (b'{"format": 1, "name": "\xff"}', "is not UTF-8 text (invalid start byte at byte 23)"),
         (b"[1, 2]", "holds a JSON list, not the sweep's state (an object)"),
         (b'{"format": 7, "trials": {}, "fingerprint": {}}', "has format 7; this pixlab reads format 1"),
         (b'{"format": 1, "fingerprint": {}}', "lacks the key 'trials' or 'fingerprint'"),
-        (b'{"format": 1, "fingerprint": {}, "trials": {"t000": {"key": "k"}}}',
-         "trial t000 lacks the key(s) params, seed, status, attempts, run_dir, errors, wall_time, overrides"),
+        (
+            b'{"format": 1, "fingerprint": {}, "trials": {"t000": {"key": "k"}}}',
+            "trial t000 lacks the key(s) params, seed, status, attempts, run_dir, errors, wall_time, overrides",
+        ),
     ],
 )
 def test_a_damaged_sweep_json_exits_2_naming_it_and_what_is_wrong(tmp_path, monkeypatch, capsys, content, problem):
@@ -168,7 +212,9 @@ def crash_once_or_always(config, overrides, run_dir):
 
 def test_a_crashing_trial_is_recorded_and_retried_while_the_others_finish(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    spec = load_spec(write_spec(tmp_path, name="crashes", parameters={"optim.lr": {"values": [0.001, 0.01, 0.1]}}, retries=1))
+    spec = load_spec(
+        write_spec(tmp_path, name="crashes", parameters={"optim.lr": {"values": [0.001, 0.01, 0.1]}}, retries=1)
+    )
     result = run_sweep(spec, crash_once_or_always, workers=2)
     assert result.status == 1  # a trial failed for good
     trials = records(result)
@@ -176,12 +222,19 @@ def test_a_crashing_trial_is_recorded_and_retried_while_the_others_finish(tmp_pa
     fine, once, always = trials[0.001], trials[0.01], trials[0.1]
     assert (fine["status"], fine["attempts"], fine["errors"]) == ("done", 1, [])
     assert (once["status"], once["attempts"]) == ("done", 2)
-    assert len(once["errors"]) == 1 and "RuntimeError: injected: a crash after the first attempt trained" in once["errors"][0]["error"]
+    assert (
+        len(once["errors"]) == 1
+        and "RuntimeError: injected: a crash after the first attempt trained" in once["errors"][0]["error"]
+    )
     assert "Traceback" in once["errors"][0]["error"]
     meta = json.loads((Path(once["run_dir"]) / "meta.json").read_text())
-    assert [r["from_checkpoint"] for r in meta["resumes"]] == ["step-000000006.pt"]  # the retry resumed the first attempt's folder
+    assert [r["from_checkpoint"] for r in meta["resumes"]] == [
+        "step-000000006.pt"
+    ]  # the retry resumed the first attempt's folder
     assert (always["status"], always["attempts"], always["run_dir"]) == ("failed", 2, None)
-    assert [e["attempt"] for e in always["errors"]] == [1, 2] and all("ValueError: injected" in e["error"] for e in always["errors"])
+    assert [e["attempt"] for e in always["errors"]] == [1, 2] and all(
+        "ValueError: injected" in e["error"] for e in always["errors"]
+    )
     assert "injected: this trial always fails" in (result.dir / f"{always['id']}.log").read_text()
     for record in (fine, once):  # normal run folders, with the sweep's run name and W&B group
         assert read_summary(record["run_dir"])["train/steps"] == 6
@@ -190,7 +243,10 @@ def test_a_crashing_trial_is_recorded_and_retried_while_the_others_finish(tmp_pa
     state = json.loads((result.dir / "sweep.json").read_text())
     assert {tid: t["status"] for tid, t in state["trials"].items()} == {r["id"]: r["status"] for r in result.trials}
     err = capsys.readouterr().err
-    assert "failed (attempt 1): RuntimeError: injected: a crash after the first attempt trained; retrying from its checkpoint" in err
+    assert (
+        "failed (attempt 1): RuntimeError: injected: a crash after the first attempt trained; retrying from its checkpoint"
+        in err
+    )
     assert "sweep crashes: 2 done, 0 running, 1 failed, 0 pending" in err
 
 
@@ -216,7 +272,9 @@ def test_running_a_sweep_again_skips_finished_trials_and_resumes_interrupted_one
     meta = json.loads((Path(cut["run_dir"]) / "meta.json").read_text())
     assert [r["from_checkpoint"] for r in meta["resumes"]] == ["step-000000003.pt"]
     steps = [r["step"] for r in read_metrics(Path(cut["run_dir"]) / "metrics.jsonl") if "step" in r]
-    assert steps == sorted(steps) and read_summary(cut["run_dir"])["train/steps"] == 6  # logged once, continued to the end
+    assert (
+        steps == sorted(steps) and read_summary(cut["run_dir"])["train/steps"] == 6
+    )  # logged once, continued to the end
 
     # More seeds extend the sweep: only the new trials run. A changed spec is refused, nothing touched.
     path.write_text(path.read_text().replace("seeds: 2", "seeds: 3"))
@@ -232,9 +290,16 @@ def test_running_a_sweep_again_skips_finished_trials_and_resumes_interrupted_one
 
 def test_slurm_backend_through_submitits_local_executor(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    path = write_spec(tmp_path, name="slurmed", parameters={"optim.lr": {"value": 0.002}}, slurm={"time": 5, "cpus": 1, "partition": "cpu"})
+    path = write_spec(
+        tmp_path,
+        name="slurmed",
+        parameters={"optim.lr": {"value": 0.002}},
+        slurm={"time": 5, "cpus": 1, "partition": "cpu"},
+    )
     assert main(["sweep", str(path), "--backend", "slurm"]) == 2  # no Slurm on this machine
-    assert "this machine has no Slurm (sbatch not found)" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    assert (
+        "this machine has no Slurm (sbatch not found)" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    )
 
     path.write_text(path.read_text().replace("partition: cpu", "partition: cpu\n  cluster: local"))
     result = run_sweep(load_spec(path), run_trial, backend="slurm")
@@ -249,10 +314,17 @@ def test_slurm_backend_through_submitits_local_executor(tmp_path, monkeypatch, c
 def test_ctrl_c_checkpoints_every_running_trial_and_marks_them_interrupted(tmp_path):
     spec = write_spec(tmp_path, name="stopped", parameters={"optim.lr": {"values": [0.001, 0.003]}})
     spec.write_text(spec.read_text().replace("train.max_steps=6", "train.epochs=500"))  # long enough to be stopped
-    sweep = subprocess.Popen([sys.executable, "-m", "shared.cli", "sweep", str(spec), "--workers", "2"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "sweep", str(spec), "--workers", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
-    while len(list((tmp_path / "runs" / "stopped").glob("*/checkpoints/step-*.pt"))) < 2 and time.monotonic() < deadline:
+    while (
+        len(list((tmp_path / "runs" / "stopped").glob("*/checkpoints/step-*.pt"))) < 2 and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     sweep.send_signal(signal.SIGINT)
     _, err = sweep.communicate(timeout=120)
@@ -261,6 +333,10 @@ def test_ctrl_c_checkpoints_every_running_trial_and_marks_them_interrupted(tmp_p
     state = json.loads((tmp_path / "runs" / "stopped" / "sweep.json").read_text())
     assert [t["status"] for t in state["trials"].values()] == ["interrupted", "interrupted"]
     for tid, trial in state["trials"].items():
-        assert latest_checkpoint(trial["run_dir"]) is not None and read_summary(trial["run_dir"]) == {} and trial["errors"] == []
+        assert (
+            latest_checkpoint(trial["run_dir"]) is not None
+            and read_summary(trial["run_dir"]) == {}
+            and trial["errors"] == []
+        )
         log = (tmp_path / "runs" / "stopped" / f"{tid}.log").read_text()
         assert f"stopped by signal 2; checkpoint saved. Continue with: pixlab resume {trial['run_dir']}" in log

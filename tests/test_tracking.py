@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from wandb_records import offline_run
 
 from shared.config import TrackingConfig
 from shared.tracking import Tracker, image_grid, read_metrics, wandb_group_and_tags, wandb_mode
-
-from wandb_records import offline_run
 
 
 @pytest.mark.parametrize(
@@ -50,7 +49,12 @@ def test_offline_wandb_run_holds_config_summary_history_and_tags(tmp_path):
 
 
 def test_without_a_group_the_run_groups_by_its_config_name_and_is_tagged_with_its_algorithm(tmp_path):
-    tracker = Tracker(tmp_path, TrackingConfig(tags=["mnist"]), config={"algo": "vae", "name": "vae-mnist", "seed": 1}, name="20261123-000000-vae-mnist")
+    tracker = Tracker(
+        tmp_path,
+        TrackingConfig(tags=["mnist"]),
+        config={"algo": "vae", "name": "vae-mnist", "seed": 1},
+        name="20261123-000000-vae-mnist",
+    )
     tracker.close()
     run = offline_run(tmp_path)["run"]
     assert run.run_group == "vae-mnist" and list(run.tags) == ["vae", "mnist"]
@@ -76,7 +80,11 @@ def test_truncate_after_drops_later_records_and_the_summary(tmp_path):
     tracker.truncate_after(20)
     tracker.log({"train/loss": 31}, 30)
     tracker.close()
-    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(10, 10), (20, 20), (30, 31)]
+    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
+        (10, 10),
+        (20, 20),
+        (30, 31),
+    ]
 
 
 def test_a_torn_last_line_is_skipped(tmp_path):

@@ -97,7 +97,11 @@ def test_running_means_by_name_and_their_state_through_a_checkpoint():
     "names, written, means",
     [
         (["loss"], {"loss_sum": 3.0, "loss_count": 2}, {"train/loss": 1.5}),  # classify and PixelCNN
-        (["loss", "kl", "recon"], {"sums": [6.0, 2.0, 4.0], "count": 2}, {"train/loss": 3.0, "train/kl": 1.0, "train/recon": 2.0}),  # VAE
+        (
+            ["loss", "kl", "recon"],
+            {"sums": [6.0, 2.0, 4.0], "count": 2},
+            {"train/loss": 3.0, "train/kl": 1.0, "train/recon": 2.0},
+        ),  # VAE
         (["d_loss", "g_loss"], {"sums": {}, "count": 0}, None),  # RAM right after a log line
     ],
 )

@@ -20,8 +20,14 @@ def net() -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "name, cls", [("sgd", torch.optim.SGD), ("adagrad", torch.optim.Adagrad), ("rmsprop", torch.optim.RMSprop),
-                  ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+    "name, cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adagrad", torch.optim.Adagrad),
+        ("rmsprop", torch.optim.RMSprop),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ],
 )
 def test_every_course_optimizer_with_no_decay_on_biases_and_norms(name, cls):
     model = net()
@@ -82,7 +88,12 @@ def test_plateau_drops_after_patience_and_round_trips_its_state():
 
 @pytest.mark.parametrize(
     "amx, avx512_bf16, expected",
-    [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32"), (None, None, "fp32")],  # None: torch lacks the probe
+    [
+        (True, False, "bf16"),
+        (False, True, "bf16"),
+        (False, False, "fp32"),
+        (None, None, "fp32"),
+    ],  # None: torch lacks the probe
 )
 def test_auto_precision_on_cpu_is_bf16_where_torch_reports_bf16_matrix_units(monkeypatch, amx, avx512_bf16, expected):
     for probe, has in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):

@@ -9,6 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from conftest import CONFIGS, only_run_dir, run_cli
+from exact_resume import assert_resume_is_exact
+from wandb_records import offline_run
 
 from generative.vae import (
     VAE,
@@ -20,10 +23,6 @@ from generative.vae import (
 )
 from shared.cli import main
 from shared.tracking import read_metrics
-
-from conftest import CONFIGS, only_run_dir, run_cli
-from exact_resume import assert_resume_is_exact
-from wandb_records import offline_run
 
 LATENT2 = str(CONFIGS / "vae" / "latent2_mnist.yaml")
 BINARIZED = str(CONFIGS / "vae" / "binarized_mnist.yaml")
@@ -96,7 +95,9 @@ def test_iwae_bound_is_the_log_mean_of_the_weights_and_never_below_their_mean():
 @pytest.mark.parametrize("mean, log_scale", [(0.1, -2.0), (-0.9, -4.0), (0.99, 0.0), (-1.0, -3.0)])
 def test_discretized_logistic_probabilities_sum_to_one_over_the_256_levels(mean, log_scale):
     levels = torch.arange(256, dtype=torch.float64) * 2 / 255 - 1
-    log_p = discretized_logistic_log_likelihood(levels, torch.full_like(levels, mean), torch.full_like(levels, log_scale))
+    log_p = discretized_logistic_log_likelihood(
+        levels, torch.full_like(levels, mean), torch.full_like(levels, log_scale)
+    )
     assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
     if log_scale <= -2:  # a narrow logistic: its most likely level is the one nearest its mean
         assert log_p.argmax().item() == round((mean + 1) * 255 / 2)
@@ -104,7 +105,9 @@ def test_discretized_logistic_probabilities_sum_to_one_over_the_256_levels(mean,
 
 def test_a_very_sharp_logistic_puts_almost_all_mass_on_its_level():
     levels = torch.arange(256, dtype=torch.float64) * 2 / 255 - 1
-    log_p = discretized_logistic_log_likelihood(levels, torch.full_like(levels, levels[100].item()), torch.full_like(levels, -7.0))
+    log_p = discretized_logistic_log_likelihood(
+        levels, torch.full_like(levels, levels[100].item()), torch.full_like(levels, -7.0)
+    )
     # The bin's half-width 1/255 is 4.3 scales of e^-7: sigmoid(4.3) - sigmoid(-4.3) = 0.973 of the mass.
     assert log_p[100].exp().item() == pytest.approx(0.9732, abs=1e-4)
     assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
@@ -142,8 +145,14 @@ TINY = ["train.max_steps=6", "train.batch_size=64", "eval.iwae_k=20", "eval.test
 def test_vae_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
     cache = tmp_path / "cache"
     result = run_cli(
-        "train", LATENT2, *TINY, f"data.root={mnist_root}", f"metrics.cache_dir={cache}", "metrics.classifier_max_steps=20",
-        "tracking.log_every=3", cwd=tmp_path,
+        "train",
+        LATENT2,
+        *TINY,
+        f"data.root={mnist_root}",
+        f"metrics.cache_dir={cache}",
+        "metrics.classifier_max_steps=20",
+        "tracking.log_every=3",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path / "runs")
@@ -178,11 +187,17 @@ def test_vae_trains_end_to_end_through_the_cli(tmp_path, mnist_root, capsys):
 
 def test_vae_resumed_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, mnist_root):
     overrides = [
-        f"data.root={mnist_root}", "train.batch_size=64", "metrics.network=none", "eval.at_end=false", "train.max_steps=6",
+        f"data.root={mnist_root}",
+        "train.batch_size=64",
+        "metrics.network=none",
+        "eval.at_end=false",
+        "train.max_steps=6",
         "tracking.log_every=2",
     ]
 
     def written_before(counters: dict) -> dict:  # before shared/train/loop.py and the Accelerator: sums in a list
         return {"sums": [counters["sums"][k] for k in ("loss", "kl", "recon")], "count": counters["count"]}
 
-    assert_resume_is_exact(BINARIZED, overrides, tmp_path, stop_at=3, written_before=written_before)  # between two log lines
+    assert_resume_is_exact(
+        BINARIZED, overrides, tmp_path, stop_at=3, written_before=written_before
+    )  # between two log lines

@@ -37,12 +37,24 @@ def linear(n_in: int, n_out: int) -> int:
 
 # Hand counts from the papers' layer tables, for C = 1000.
 ALEXNET = (  # Krizhevsky et al. 2012, Section 3.5: conv2, conv4, conv5 read their own tower's half
-    conv(3, 96, 11) + conv(96, 256, 5, groups=2) + conv(256, 384, 3) + conv(384, 384, 3, groups=2)
-    + conv(384, 256, 3, groups=2) + linear(256 * 6 * 6, 4096) + linear(4096, 4096) + linear(4096, 1000)
+    conv(3, 96, 11)
+    + conv(96, 256, 5, groups=2)
+    + conv(256, 384, 3)
+    + conv(384, 384, 3, groups=2)
+    + conv(384, 256, 3, groups=2)
+    + linear(256 * 6 * 6, 4096)
+    + linear(4096, 4096)
+    + linear(4096, 1000)
 )
 ZFNET = (  # Zeiler & Fergus 2013, Figure 3: all layers dense
-    conv(3, 96, 7) + conv(96, 256, 5) + conv(256, 384, 3) + conv(384, 384, 3) + conv(384, 256, 3)
-    + linear(256 * 6 * 6, 4096) + linear(4096, 4096) + linear(4096, 1000)
+    conv(3, 96, 7)
+    + conv(96, 256, 5)
+    + conv(256, 384, 3)
+    + conv(384, 384, 3)
+    + conv(384, 256, 3)
+    + linear(256 * 6 * 6, 4096)
+    + linear(4096, 4096)
+    + linear(4096, 1000)
 )
 # Szegedy et al. 2014, Table 1: input maps, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 TABLE_1 = {
@@ -98,11 +110,17 @@ def test_hand_counts():
     EXPECTED below holds as literals."""
     alexnet, zfnet = on_meta(AlexNet), on_meta(ZFNet)
     assert layer_counts(alexnet.features) == {
-        "conv1": conv(3, 96, 11), "conv2": conv(96, 256, 5, groups=2), "conv3": conv(256, 384, 3),
-        "conv4": conv(384, 384, 3, groups=2), "conv5": conv(384, 256, 3, groups=2),
+        "conv1": conv(3, 96, 11),
+        "conv2": conv(96, 256, 5, groups=2),
+        "conv3": conv(256, 384, 3),
+        "conv4": conv(384, 384, 3, groups=2),
+        "conv5": conv(384, 256, 3, groups=2),
     }
     assert layer_counts(zfnet.features) == {
-        "conv1": conv(3, 96, 7), "conv2": conv(96, 256, 5), "conv3": conv(256, 384, 3), "conv4": conv(384, 384, 3),
+        "conv1": conv(3, 96, 7),
+        "conv2": conv(96, 256, 5),
+        "conv3": conv(256, 384, 3),
+        "conv4": conv(384, 384, 3),
         "conv5": conv(384, 256, 3),
     }
     classifier = {"fc6": linear(256 * 6 * 6, 4096), "fc7": linear(4096, 4096), "fc8": linear(4096, 1000)}

@@ -69,7 +69,9 @@ def offline_run(run_dir: Path, wait: float = 10.0) -> dict:
                 key = item.key or "/".join(item.nested_key)
                 out["summary"][key] = json.loads(item.value_json)
         elif kind == "history":
-            out["history"].append({("/".join(i.nested_key) or i.key): json.loads(i.value_json) for i in record.history.item})
+            out["history"].append(
+                {("/".join(i.nested_key) or i.key): json.loads(i.value_json) for i in record.history.item}
+            )
     return out
 
 

@@ -79,6 +79,7 @@ def ensure_file(folder: Path, filename: str, md5: str, mirrors: Sequence[str], d
         finally:
             tmp.unlink(missing_ok=True)
     raise DataError(
-        f"could not download {filename} (expected md5 {md5}) into {path.parent}:\n  " + "\n  ".join(failures)
+        f"could not download {filename} (expected md5 {md5}) into {path.parent}:\n  "
+        + "\n  ".join(failures)
         + "\nWithout network, copy the file there by hand, or point data.root / PIXLAB_DATA at a folder that has it."
     )

@@ -37,7 +37,9 @@ def place(split: Split, canvas: int, clutter: int = 0, fragment: int = 8, seed: 
         at_r = torch.randint(0, canvas - fragment + 1, (n,), generator=generator)
         at_c = torch.randint(0, canvas - fragment + 1, (n,), generator=generator)
         offsets = torch.arange(fragment)
-        piece = images[source[:, None, None], 0, (top[:, None] + offsets)[:, :, None], (left[:, None] + offsets)[:, None, :]]
+        piece = images[
+            source[:, None, None], 0, (top[:, None] + offsets)[:, :, None], (left[:, None] + offsets)[:, None, :]
+        ]
         _paste_max(out, rows_n, at_r, at_c, fragment, fragment, piece)
     at_r = torch.randint(0, canvas - h + 1, (n,), generator=generator)
     at_c = torch.randint(0, canvas - w + 1, (n,), generator=generator)
@@ -45,7 +47,15 @@ def place(split: Split, canvas: int, clutter: int = 0, fragment: int = 8, seed: 
     return Split(out.unsqueeze(1).to(split.images.device), split.labels)
 
 
-def _paste_max(out: torch.Tensor, rows_n: torch.Tensor, at_r: torch.Tensor, at_c: torch.Tensor, h: int, w: int, pieces: torch.Tensor) -> None:
+def _paste_max(
+    out: torch.Tensor,
+    rows_n: torch.Tensor,
+    at_r: torch.Tensor,
+    at_c: torch.Tensor,
+    h: int,
+    w: int,
+    pieces: torch.Tensor,
+) -> None:
     """out[i, at_r[i]:+h, at_c[i]:+w] = max(itself, pieces[i]) for every i, in place; pieces (N, h, w)."""
     rows = (at_r[:, None] + torch.arange(h))[:, :, None]
     cols = (at_c[:, None] + torch.arange(w))[:, None, :]

@@ -90,7 +90,16 @@ class GlimpseSensor(nn.Module):
 class GlimpseNetwork(nn.Module):
     """(x (B, C, H, W), locations (B, 2)) -> glimpse features g (B, out_features)."""
 
-    def __init__(self, channels: int, patch: int = 8, scales: int = 1, what: int = 128, where: int = 128, out_features: int = 256, pool: Literal["avg", "max"] = "avg"):
+    def __init__(
+        self,
+        channels: int,
+        patch: int = 8,
+        scales: int = 1,
+        what: int = 128,
+        where: int = 128,
+        out_features: int = 256,
+        pool: Literal["avg", "max"] = "avg",
+    ):
         super().__init__()
         self.sensor = GlimpseSensor(patch, scales, pool)
         self.what = nn.Linear(scales * channels * patch * patch, what)
@@ -183,7 +192,9 @@ class GlimpseAgent(nn.Module):
 
     def __init__(self, channels: int, num_actions: int, cfg: GlimpseConfig) -> None:
         super().__init__()
-        self.glimpse = GlimpseNetwork(channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool)
+        self.glimpse = GlimpseNetwork(
+            channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool
+        )
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
         self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.logits = nn.Linear(cfg.hidden, num_actions)

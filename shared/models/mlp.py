@@ -37,7 +37,9 @@ class MLP(nn.Module):
 
 
 class MLPQNetwork(nn.Module):
-    def __init__(self, in_features: int, num_actions: int, hidden: Sequence[int] = (120, 84), dueling: bool = False) -> None:
+    def __init__(
+        self, in_features: int, num_actions: int, hidden: Sequence[int] = (120, 84), dueling: bool = False
+    ) -> None:
         super().__init__()
         self.dueling = dueling
         self.mlp = MLP(in_features, num_actions, hidden)

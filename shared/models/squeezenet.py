@@ -96,9 +96,7 @@ class SqueezeNet(nn.Module):
         else:
             raise ValueError(f"SqueezeNet version must be '1_0' or '1_1', got {version!r}")
         final_conv = nn.Conv2d(512, num_classes, 1)  # conv10
-        self.classifier = nn.Sequential(
-            nn.Dropout(0.5), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)
-        )
+        self.classifier = nn.Sequential(nn.Dropout(0.5), final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 if module is final_conv:

@@ -32,7 +32,9 @@ from shared.errors import ConfigError
 @dataclass
 class AccelConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: by device and CPU (the module docstring)
-    compile: bool = False  # torch.compile the model: for GPUs (on this 2-core CPU LeNet-5 ran 7.9k vs 13.0k img/s eager)
+    compile: bool = (
+        False  # torch.compile the model: for GPUs (on this 2-core CPU LeNet-5 ran 7.9k vs 13.0k img/s eager)
+    )
     channels_last: bool = False  # NHWC memory layout: faster convolutions with tensor cores
     cudnn_benchmark: bool = True  # let cuDNN time its algorithms for fixed input shapes
 

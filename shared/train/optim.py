@@ -122,7 +122,12 @@ class Schedule:
             group["lr"] = base * factor
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "plateau": self.plateau, "best": self.best, "bad_evaluations": self.bad_evaluations}
+        return {
+            "steps": self.steps,
+            "plateau": self.plateau,
+            "best": self.best,
+            "bad_evaluations": self.bad_evaluations,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.plateau = state["steps"], state["plateau"]

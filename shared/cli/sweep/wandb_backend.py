@@ -11,12 +11,12 @@ from typing import Optional
 
 import yaml
 
+from shared.cli.sweep.backends import TrialFunction
+from shared.cli.sweep.spec import SweepSpec
+from shared.cli.sweep.state import SweepResult, SweepState
+from shared.cli.sweep.trials import Trial, check_trials, expand
 from shared.config import load_config
 from shared.errors import ConfigError
-from shared.sweep.backends import TrialFunction
-from shared.sweep.spec import SweepSpec
-from shared.sweep.state import SweepResult, SweepState
-from shared.sweep.trials import Trial, check_trials, expand
 
 
 def check_wandb_online(env: Optional[dict] = None) -> None:
@@ -31,7 +31,9 @@ def check_wandb_online(env: Optional[dict] = None) -> None:
     import wandb
 
     if not wandb.login(prompt=False):
-        raise ConfigError("--backend wandb needs W&B's sweep server, but this machine is not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), or use --backend local")
+        raise ConfigError(
+            "--backend wandb needs W&B's sweep server, but this machine is not logged in to W&B: run `wandb login` (or set WANDB_API_KEY), or use --backend local"
+        )
 
 
 def run_wandb(spec: SweepSpec, trial_fn: TrialFunction, workers: int, out=None) -> SweepResult:
@@ -55,7 +57,9 @@ def run_wandb(spec: SweepSpec, trial_fn: TrialFunction, workers: int, out=None) 
     state.lock.close()  # W&B's server coordinates this sweep
     print(f"pixlab: W&B sweep {sweep_id} ({project}); trials in {spec.dir}", file=out)
     context = multiprocessing.get_context("spawn")
-    agents = [context.Process(target=_wandb_agent, args=(sweep_id, project, entity, trial_fn, spec)) for _ in range(workers)]
+    agents = [
+        context.Process(target=_wandb_agent, args=(sweep_id, project, entity, trial_fn, spec)) for _ in range(workers)
+    ]
     for agent in agents:
         agent.start()
     for agent in agents:

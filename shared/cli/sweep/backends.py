@@ -43,7 +43,10 @@ def execute_trial(trial_fn: TrialFunction, job: TrialJob) -> Outcome:
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        print(f"--- {_dt.datetime.now().isoformat(timespec='seconds')}: {'resume ' + job.run_dir if job.run_dir else 'train'}", flush=True)
+        print(
+            f"--- {_dt.datetime.now().isoformat(timespec='seconds')}: {'resume ' + job.run_dir if job.run_dir else 'train'}",
+            flush=True,
+        )
         try:
             return {"status": int(trial_fn(job.config, list(job.overrides), job.run_dir)), "error": None, "retry": True}
         except PixlabError as e:
@@ -102,7 +105,11 @@ class LocalPool:
             if outcome is None:
                 code = process.exitcode
                 why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                outcome = {"status": 128 - code if code < 0 else code or 1, "error": f"the trial's process ended ({why}) before it reported", "retry": True}
+                outcome = {
+                    "status": 128 - code if code < 0 else code or 1,
+                    "error": f"the trial's process ended ({why}) before it reported",
+                    "retry": True,
+                }
             if not conn.closed:
                 conn.close()
             del self.running[tid]

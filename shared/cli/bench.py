@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 from unittest import mock
 
@@ -43,7 +42,8 @@ from shared.models import build_model
 from shared.run import Run
 from shared.tracking import read_metrics
 from shared.train.accel import resolve_precision
-from shared.train.device import select_device
+from shared.train.device import select_device, synchronize
+from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
 
 # model -> (dataset it stands for, image shape, pad, number of images, timed steps)
 CASES = {
@@ -67,7 +67,15 @@ def bench_classify(
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.uint8)
         labels = torch.randint(0, 10, (count,), generator=generator)
-        data = ImageData(dataset, Split(images, labels), Split(images[:1000], labels[:1000]), 10, (0.5,) * shape[0], (0.25,) * shape[0], pad).to(target)
+        data = ImageData(
+            dataset,
+            Split(images, labels),
+            Split(images[:1000], labels[:1000]),
+            10,
+            (0.5,) * shape[0],
+            (0.25,) * shape[0],
+            pad,
+        ).to(target)
 
         torch.manual_seed(0)
         model = build_model(name, num_classes=10, in_channels=shape[0]).to(target)
@@ -83,8 +91,12 @@ def bench_classify(
             plain_rates.append(steps * batch_size / plain(steps))
         ours_rate, plain_rate = statistics.median(ours_rates), statistics.median(plain_rates)
         data_steps = steps * 20
-        ours_data = statistics.median(_batches_per_s(_pixlab_batches(data, batch_size, target), data_steps, target) for _ in range(repeats))
-        plain_data = statistics.median(_batches_per_s(_dataloader_batches(data, batch_size, target), data_steps, target) for _ in range(repeats))
+        ours_data = statistics.median(
+            _batches_per_s(_pixlab_batches(data, batch_size, target), data_steps, target) for _ in range(repeats)
+        )
+        plain_data = statistics.median(
+            _batches_per_s(_dataloader_batches(data, batch_size, target), data_steps, target) for _ in range(repeats)
+        )
         results.append(
             {
                 "model": name,
@@ -131,11 +143,11 @@ def _dataloader_batches(data: ImageData, batch_size: int, device: torch.device) 
 
 def _batches_per_s(batches: Iterator[tuple], steps: int, device: torch.device) -> float:
     next(batches)  # the first batch builds the iterator (and the DataLoader's float copy)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         next(batches)
-    _sync(device)
+    synchronize(device)
     return steps / (time.perf_counter() - start)
 
 
@@ -145,7 +157,7 @@ def _loop(model: nn.Module, batches: Iterator[tuple], device: torch.device) -> C
     model.train()
 
     def run(steps: int) -> float:
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             x, y = next(batches)
@@ -153,15 +165,10 @@ def _loop(model: nn.Module, batches: Iterator[tuple], device: torch.device) -> C
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     return run
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def format_table(report: dict) -> str:
@@ -192,56 +199,20 @@ def format_table(report: dict) -> str:
 # Its end-of-run evaluation is on the 500 test images and is not timed.
 
 
-@dataclass
-class TrainCase:
-    """One row of `pixlab bench train`: a trainer's config and the reference loop that trains the same model."""
-
-    model: str  # the row's name
-    config: str  # under configs/
-    module: str  # the trainer's module, whose `load_dataset` is swapped for synthetic MNIST
-    steps: int  # timed steps at steps_scale 1 (about 10 s a side on 2 CPU cores)
-    reference: Callable  # reference(cfg, data: ImageData, device) -> run(steps) -> seconds
-    overrides: tuple[str, ...] = ()  # what keeps the run to its timed steps: no sample metrics, few test images
-
-
 def synthetic_mnist(pad: int = 0, train: int = 60_000, test: int = 500) -> ImageData:
     """Random uint8 digits of MNIST's shape (N, 1, 28, 28) with labels 0..9, MNIST's mean and std."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (train + test, 1, 28, 28), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, 10, (train + test,), generator=generator)
-    return ImageData("mnist", Split(images[:train], labels[:train]), Split(images[train:], labels[train:]), 10, (0.1307,), (0.3081,), pad)
-
-
-def plain_batches(tensors: Sequence[torch.Tensor], batch_size: int, device: torch.device) -> Iterator[list]:
-    """pytorch/examples' input pipeline: DataLoader(TensorDataset(...), shuffle=True), each batch moved to the device."""
-    loader = DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=True, drop_last=True)
-    while True:
-        for batch in loader:
-            yield [t.to(device, non_blocking=True) for t in batch]
-
-
-def timed_loop(step: Callable[[], None], device: torch.device) -> Callable[[int], float]:
-    """run(steps) -> the seconds `steps` calls of `step` took (device work included)."""
-
-    def run(steps: int) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        return time.perf_counter() - start
-
-    return run
-
-
-def plain_optimizer(parameters, cfg) -> torch.optim.Optimizer:
-    """The config's optimizer as pytorch/examples builds it: torch's default implementation, no parameter groups."""
-    if cfg.name in ("adam", "adamw"):
-        kind = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        return kind(parameters, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    raise ValueError(f"no plain optimizer for {cfg.name!r}")
+    return ImageData(
+        "mnist",
+        Split(images[:train], labels[:train]),
+        Split(images[train:], labels[train:]),
+        10,
+        (0.1307,),
+        (0.3081,),
+        pad,
+    )
 
 
 def lenet5_reference(cfg, data: ImageData, device: torch.device) -> Callable[[int], float]:
@@ -297,22 +268,38 @@ def bench_train(cases: Sequence[TrainCase], repeats: int = 3, device: str = "aut
                 "reference_settings": f"NCHW, DataLoader(TensorDataset), torch.optim {cfg.optim.name} (default implementation)",
             }
         )
-    return {"benchmark": "train", "machine": describe_machine(target), "repeats": repeats, "data": "random MNIST-shaped uint8", "results": results}
+    return {
+        "benchmark": "train",
+        "machine": describe_machine(target),
+        "repeats": repeats,
+        "data": "random MNIST-shaped uint8",
+        "results": results,
+    }
 
 
 def _bench_overrides(case: TrainCase, device: torch.device, steps: int) -> list[str]:
     return [
-        f"device={device.type}", f"train.max_steps={steps}", f"tracking.log_every={max(1, steps // 5)}",
-        "tracking.wandb=disabled", f"checkpoint.every={10 * steps}", *case.overrides,
+        f"device={device.type}",
+        f"train.max_steps={steps}",
+        f"tracking.log_every={max(1, steps // 5)}",
+        "tracking.wandb=disabled",
+        f"checkpoint.every={10 * steps}",
+        *case.overrides,
     ]
 
 
 def _trainer_images_per_s(case: TrainCase, cfg, device: torch.device, data: ImageData) -> float:
     """One run of the case's trainer on the synthetic data -> its median logged images/s after the first window."""
     module = importlib.import_module(case.module)
-    with tempfile.TemporaryDirectory() as folder, mock.patch.object(module, "load_dataset", lambda *args, **kwargs: data):
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        mock.patch.object(module, "load_dataset", lambda *args, **kwargs: data),
+    ):
         cfg.runs_dir = folder
-        with Run.create(cfg, argv=["pixlab", "bench", "train", case.model]) as run, contextlib.redirect_stdout(sys.stderr):
+        with (
+            Run.create(cfg, argv=["pixlab", "bench", "train", case.model]) as run,
+            contextlib.redirect_stdout(sys.stderr),
+        ):
             ALGORITHMS[cfg.algo].train(cfg, run)
         rates = [r["train/images_per_s"] for r in read_metrics(run.dir / "metrics.jsonl") if "train/images_per_s" in r]
     return statistics.median(rates[1:] if len(rates) > 1 else rates)

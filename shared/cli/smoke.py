@@ -43,13 +43,22 @@ TRAINERS = {
     "dqn": (
         "dqn/pong.yaml",
         [
-            "total_steps={dqn_steps}", "agent.learning_starts=32", "agent.buffer_size=10000", "agent.target_update=100",
-            "eval.every=0", "eval.episodes=1", "eval.num_envs=1", "eval.max_episode_frames=200", "eval.video=false",
+            "total_steps={dqn_steps}",
+            "agent.learning_starts=32",
+            "agent.buffer_size=10000",
+            "agent.target_update=100",
+            "eval.every=0",
+            "eval.episodes=1",
+            "eval.num_envs=1",
+            "eval.max_episode_frames=200",
+            "eval.video=false",
         ],
         "agent steps",
     ),
     "reinforce": (
-        "reinforce/breakout_glimpses.yaml", ["total_steps={steps}", "env.num_envs=2", "agent.batch_episodes=1"], "agent steps"
+        "reinforce/breakout_glimpses.yaml",
+        ["total_steps={steps}", "env.num_envs=2", "agent.batch_episodes=1"],
+        "agent steps",
     ),
     "ram": ("ram/mnist.yaml", ["train.max_steps={steps}", "task.test_limit=100", "task.download=false"], "updates"),
     "pixelcnn": ("pixelcnn/digits.yaml", ["train.max_steps={steps}", "train.epochs=100000"], "updates"),
@@ -58,13 +67,21 @@ TRAINERS = {
         ["train.max_steps={steps}", "eval.at_end=false", "metrics.network=none", "data.download=false"],
         "updates",
     ),
-    "dcgan": ("dcgan/mnist.yaml", ["train.max_steps={steps}", "metrics.network=none", "data.download=false"], "updates"),
+    "dcgan": (
+        "dcgan/mnist.yaml",
+        ["train.max_steps={steps}", "metrics.network=none", "data.download=false"],
+        "updates",
+    ),
 }
 NEEDS_MNIST = ("ram", "vae", "dcgan")
 
 
 def smoke(
-    device: str, steps: int = 300, trainers: Sequence[str] = tuple(TRAINERS), compile: bool = False, extra: Sequence[str] = ()
+    device: str,
+    steps: int = 300,
+    trainers: Sequence[str] = tuple(TRAINERS),
+    compile: bool = False,
+    extra: Sequence[str] = (),
 ) -> dict:
     """Run each of `trainers` for `steps` steps on `device`; `extra` holds 'TRAINER:KEY=VALUE' overrides.
 
@@ -82,7 +99,10 @@ def smoke_overrides(name: str, device: torch.device, steps: int, compile: bool) 
     """The overrides that shorten trainer `name` to `steps` steps on `device`, with accel where its config has one."""
     _, overrides, _ = TRAINERS[name]
     common = [
-        f"device={device.type}", "tracking.wandb=disabled", f"tracking.log_every={max(1, steps // 4)}", f"checkpoint.every={SNAPSHOT_EVERY}"
+        f"device={device.type}",
+        "tracking.wandb=disabled",
+        f"tracking.log_every={max(1, steps // 4)}",
+        f"checkpoint.every={SNAPSHOT_EVERY}",
     ]
     filled = [o.format(steps=steps, dqn_steps=32 + 4 * steps) for o in overrides]
     # A config without an `accel` section takes no accel keys: it runs as it is, and gains them once it has one.
@@ -103,7 +123,10 @@ def _run_one(name: str, device: torch.device, steps: int, compile: bool, extra: 
         result["compile"] = bool(accel is not None and accel.compile)
         with tempfile.TemporaryDirectory() as folder:
             cfg.runs_dir = folder
-            with Run.create(cfg, argv=["pixlab", "bench", "smoke", name]) as run, contextlib.redirect_stdout(sys.stderr):
+            with (
+                Run.create(cfg, argv=["pixlab", "bench", "smoke", name]) as run,
+                contextlib.redirect_stdout(sys.stderr),
+            ):
                 ALGORITHMS[name].train(cfg, run)
             records = read_metrics(run.dir / "metrics.jsonl")
         result["steps_per_s"] = round(_steps_per_s(records, cfg), 2)
@@ -132,5 +155,7 @@ def format_smoke(report: dict) -> str:
         speed = f"{r['steps_per_s']:>9.2f}" if r["ok"] else f"{'-':>9}"
         outcome = "ok" if r["ok"] else f"FAILED: {r['error'][:200]}"
         precision, compiled = r.get("precision", "-"), str(r.get("compile", "-"))
-        lines.append(f"{r['trainer']:<10} {speed} {r['unit']:<14} {precision:<24} {compiled:<8} {r['seconds']:>8.1f}  {outcome}")
+        lines.append(
+            f"{r['trainer']:<10} {speed} {r['unit']:<14} {precision:<24} {compiled:<8} {r['seconds']:>8.1f}  {outcome}"
+        )
     return "\n".join(lines)

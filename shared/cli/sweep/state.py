@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from shared.atomic import atomic_write_text
+from shared.cli.sweep.spec import SweepSpec
+from shared.cli.sweep.trials import Trial
 from shared.errors import ConfigError, PixlabError
-from shared.sweep.spec import SweepSpec
-from shared.sweep.trials import Trial
 
 STATE_FORMAT = 1
 TRIAL_KEYS = ("key", "params", "seed", "status", "attempts", "run_dir", "errors", "wall_time", "overrides")
@@ -39,7 +39,13 @@ class SweepState:
                     f"run_cap or sample_seed changed); give {spec.path} another `name:` or remove {spec.dir}"
                 )
         else:
-            data = {"format": STATE_FORMAT, "name": spec.name, "spec": str(spec.path), "fingerprint": spec.fingerprint(), "trials": {}}
+            data = {
+                "format": STATE_FORMAT,
+                "name": spec.name,
+                "spec": str(spec.path),
+                "fingerprint": spec.fingerprint(),
+                "trials": {},
+            }
         data["backend"] = backend
         spec.dir.mkdir(parents=True, exist_ok=True)
         state = cls(path, data)
@@ -49,8 +55,14 @@ class SweepState:
             if trial.key not in by_key:
                 tid = f"t{len(data['trials']):03d}"
                 data["trials"][tid] = {
-                    "key": trial.key, "params": trial.params, "seed": trial.seed, "status": "pending",
-                    "attempts": 0, "run_dir": None, "errors": [], "wall_time": None,
+                    "key": trial.key,
+                    "params": trial.params,
+                    "seed": trial.seed,
+                    "status": "pending",
+                    "attempts": 0,
+                    "run_dir": None,
+                    "errors": [],
+                    "wall_time": None,
                     "overrides": trial.overrides(spec, tid),
                 }
                 by_key[trial.key] = tid
@@ -121,7 +133,9 @@ def _lock_folder(folder: Path):
         pass
     except OSError:
         handle.close()
-        raise PixlabError(f"another `pixlab sweep` is running the sweep in {folder}; wait for it, or stop it first") from None
+        raise PixlabError(
+            f"another `pixlab sweep` is running the sweep in {folder}; wait for it, or stop it first"
+        ) from None
     return handle
 
 
@@ -137,4 +151,3 @@ class SweepResult:
     status: int  # the exit status of `pixlab sweep`
     dir: Path
     trials: list[dict]  # this invocation's trial records, in the spec's order, each with its "id"
-

@@ -34,7 +34,7 @@ How it works, top to bottom (one module of this package a step):
    from a generator seeded by `sample_seed`; each crossed with the seeds. A trial is the base config plus
    key=value overrides, and its own run name `<sweep>-t<index>`.
 3. Each trial is a normal run folder in runs/<sweep>/ (config.yaml, meta.json, metrics.jsonl, checkpoints/),
-   made by the trial function that shared/cli.py hands in: `pixlab train` with the overrides, or `pixlab
+   made by the trial function that shared/cli/__init__.py hands in: `pixlab train` with the overrides, or `pixlab
    resume` of the trial's folder when it has one already. shared/ does not know the algorithms, the CLI does.
    `tracking.group` is the sweep's name, so W&B groups the trials.
 4. state.py: runs/<sweep>/sweep.json holds the sweep's state: each trial's overrides, status (pending,
@@ -55,16 +55,37 @@ How it works, top to bottom (one module of this package a step):
    far.
 """
 
-from shared.sweep.backends import LocalPool, Outcome, SlurmPool, TrialFunction, TrialJob, execute_trial
-from shared.sweep.driver import BACKENDS, Progress, run_sweep, summary_table
-from shared.sweep.spec import Parameter, SweepSpec, load_spec, parse_spec, resolve_config_path
-from shared.sweep.state import STATE_FORMAT, SweepResult, SweepState, find_run_dir
-from shared.sweep.trials import Trial, check_trials, expand, override_text
-from shared.sweep.wandb_backend import check_wandb_online, run_wandb
+from shared.cli.sweep.backends import LocalPool, Outcome, SlurmPool, TrialFunction, TrialJob, execute_trial
+from shared.cli.sweep.driver import BACKENDS, Progress, run_sweep, summary_table
+from shared.cli.sweep.spec import Parameter, SweepSpec, load_spec, parse_spec, resolve_config_path
+from shared.cli.sweep.state import STATE_FORMAT, SweepResult, SweepState, find_run_dir
+from shared.cli.sweep.trials import Trial, check_trials, expand, override_text
+from shared.cli.sweep.wandb_backend import check_wandb_online, run_wandb
 
 __all__ = [
-    "BACKENDS", "STATE_FORMAT", "LocalPool", "Outcome", "Parameter", "Progress", "SlurmPool", "SweepResult",
-    "SweepSpec", "SweepState", "Trial", "TrialFunction", "TrialJob", "check_trials", "check_wandb_online",
-    "execute_trial", "expand", "find_run_dir", "load_spec", "override_text", "parse_spec", "resolve_config_path",
-    "run_sweep", "run_wandb", "summary_table",
+    "BACKENDS",
+    "STATE_FORMAT",
+    "LocalPool",
+    "Outcome",
+    "Parameter",
+    "Progress",
+    "SlurmPool",
+    "SweepResult",
+    "SweepSpec",
+    "SweepState",
+    "Trial",
+    "TrialFunction",
+    "TrialJob",
+    "check_trials",
+    "check_wandb_online",
+    "execute_trial",
+    "expand",
+    "find_run_dir",
+    "load_spec",
+    "override_text",
+    "parse_spec",
+    "resolve_config_path",
+    "run_sweep",
+    "run_wandb",
+    "summary_table",
 ]

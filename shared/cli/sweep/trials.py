@@ -9,9 +9,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from shared.cli.sweep.spec import SweepSpec
 from shared.config import load_config
 from shared.errors import ConfigError
-from shared.sweep.spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,18 @@ class Trial:
 def expand(spec: SweepSpec) -> list[Trial]:
     """The trials of a grid or random spec, in a fixed order: each parameter combination with every seed."""
     if spec.method == "grid":
-        combos = [dict(zip([p.key for p in spec.parameters], chosen)) for chosen in itertools.product(*(p.values for p in spec.parameters))]
+        combos = [
+            dict(zip([p.key for p in spec.parameters], chosen))
+            for chosen in itertools.product(*(p.values for p in spec.parameters))
+        ]
         combos = combos[: spec.run_cap] if spec.run_cap else combos
     elif spec.method == "random":
         rng = random.Random(spec.sample_seed)
         combos = [{p.key: p.draw(rng) for p in spec.parameters} for _ in range(spec.run_cap)]
     else:
-        raise ConfigError(f"{spec.path}: method bayes has no fixed list of trials: W&B's sweep server chooses them (--backend wandb)")
+        raise ConfigError(
+            f"{spec.path}: method bayes has no fixed list of trials: W&B's sweep server chooses them (--backend wandb)"
+        )
     return [Trial(params, seed) for params in combos for seed in spec.seeds]
 
 

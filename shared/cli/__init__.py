@@ -12,17 +12,17 @@
     pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
     pixlab bench smoke --device DEVICE [--steps N] [--set TRAINER:KEY=VALUE ...]
                                           every trainer for N steps on DEVICE (AMP and compile on cuda),
-                                          steps/s each; exit 1 if any failed (shared/smoke.py)
+                                          steps/s each; exit 1 if any failed (shared/cli/smoke.py)
     pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]
                                           mean +/- std learning curves over seeds, a table (report.md, .csv)
-                                          and sweep plots, from metrics.jsonl (shared/report.py)
+                                          and sweep plots, from metrics.jsonl (shared/cli/report.py)
     pixlab report --wandb-workspace FILE  the W&B workspace layout of the registered algorithms (its panels)
     pixlab sweep SPEC [--workers N] [--backend local|slurm|wandb]
                                           the trials of a W&B-format sweep spec, one run folder each in
-                                          runs/<sweep>/; run it again to resume (shared/sweep/)
+                                          runs/<sweep>/; run it again to resume (shared/cli/sweep/)
     pixlab reproduce NAME [--budget full|cpu|smoke] [--seeds K]
                                           a published result's sweep, then measured beside published
-                                          (configs/reproduce/, shared/reproduce.py); no NAME: the entries;
+                                          (configs/reproduce/, shared/cli/reproduce.py); no NAME: the entries;
                                           --table [--write-readme README.md]: the README's results
                                           table from runs/reproduce-*
 
@@ -101,59 +101,111 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="print the test metrics of a run's latest checkpoint")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation settings, e.g. eval.episodes=30")
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="evaluation settings, e.g. eval.episodes=30"
+    )
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
     bench.add_argument("target", choices=["classify", "train", "dqn", "pixelcnn", "smoke"])
     bench.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="TRAINER:KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TRAINER:KEY=VALUE",
         help="smoke: an override for one trainer, e.g. vae:train.batch_size=64 (repeatable)",
     )
     bench.add_argument("--json", action="store_true", help="print the full report as JSON")
-    bench.add_argument("--models", nargs="+", help="models to time (classify: default lenet5 resnet20; train: default all five)")
+    bench.add_argument(
+        "--models", nargs="+", help="models to time (classify: default lenet5 resnet20; train: default all five)"
+    )
     bench.add_argument("--trainers", nargs="+", help="smoke: the trainers to run (default all)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median is reported")
-    bench.add_argument("--steps-scale", type=float, default=1.0, help="multiply the timed steps (e.g. 0.1 for a smoke run)")
+    bench.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply the timed steps (e.g. 0.1 for a smoke run)"
+    )
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    bench.add_argument("--steps", type=int, help="dqn: agent steps per agent (default 3000); smoke: steps per trainer (default 300)")
+    bench.add_argument(
+        "--steps", type=int, help="dqn: agent steps per agent (default 3000); smoke: steps per trainer (default 300)"
+    )
     bench.add_argument("--learning-starts", type=int, default=1000, help="agent steps before learning (dqn)")
-    bench.add_argument("--compile", action="store_true", help="dqn: time our DQN with torch.compile; smoke: compile on CPU too")
+    bench.add_argument(
+        "--compile", action="store_true", help="dqn: time our DQN with torch.compile; smoke: compile on CPU too"
+    )
     bench.add_argument("--batch-size", type=int, default=16, help="images sampled at once (pixelcnn)")
     bench.add_argument("--image-size", type=int, default=28, help="side of the square binary images (pixelcnn)")
     bench.set_defaults(command=cmd_bench)
 
     report = commands.add_parser("report", help="learning curves, a results table and sweep plots from run folders")
-    report.add_argument("runs", nargs="*", type=Path, metavar="RUNS", help="run folders, or folders holding run folders (runs/<sweep>)")
+    report.add_argument(
+        "runs", nargs="*", type=Path, metavar="RUNS", help="run folders, or folders holding run folders (runs/<sweep>)"
+    )
     report.add_argument("--metric", help="the metric to report, e.g. test/error (default: each algorithm's own)")
-    report.add_argument("--group-by", metavar="KEY", help="a dotted config key to group runs by (default: runs that differ only in seed)")
-    report.add_argument("--out", type=Path, help="folder for the PNGs, report.md and report.csv (default: reports/<RUNS name>)")
+    report.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help="a dotted config key to group runs by (default: runs that differ only in seed)",
+    )
+    report.add_argument(
+        "--out", type=Path, help="folder for the PNGs, report.md and report.csv (default: reports/<RUNS name>)"
+    )
     direction = report.add_mutually_exclusive_group()
-    direction.add_argument("--higher-better", dest="higher_better", action="store_true", default=None, help="best = the maximum")
+    direction.add_argument(
+        "--higher-better", dest="higher_better", action="store_true", default=None, help="best = the maximum"
+    )
     direction.add_argument("--lower-better", dest="higher_better", action="store_false", help="best = the minimum")
-    report.add_argument("--wandb-workspace", type=Path, metavar="FILE", help="instead: write the W&B workspace layout of every algorithm to FILE (configs/wandb/workspace.yaml)")
+    report.add_argument(
+        "--wandb-workspace",
+        type=Path,
+        metavar="FILE",
+        help="instead: write the W&B workspace layout of every algorithm to FILE (configs/wandb/workspace.yaml)",
+    )
     report.set_defaults(command=cmd_report)
 
     sweep = commands.add_parser("sweep", help="run the trials of a sweep spec (W&B sweep format); again: resume it")
     sweep.add_argument("spec", type=Path, help="a sweep YAML, e.g. configs/sweeps/lenet5_digits_lr.yaml")
     _add_pool_arguments(sweep, backends=("local", "slurm", "wandb"))
-    sweep.add_argument("--retries", type=int, help="attempts after a crash, per trial (default: the spec's retries, else 2)")
+    sweep.add_argument(
+        "--retries", type=int, help="attempts after a crash, per trial (default: the spec's retries, else 2)"
+    )
     sweep.set_defaults(command=cmd_sweep)
 
-    reproduce = commands.add_parser("reproduce", help="reproduce a published result: its sweep, then measured beside published")
+    reproduce = commands.add_parser(
+        "reproduce", help="reproduce a published result: its sweep, then measured beside published"
+    )
     reproduce.add_argument("name", nargs="?", help="an entry of configs/reproduce/ (none: list them)")
-    reproduce.add_argument("--budget", choices=["full", "cpu", "smoke"], default="full", help="full: the paper's protocol; cpu: a 2-core session; smoke: seconds")
+    reproduce.add_argument(
+        "--budget",
+        choices=["full", "cpu", "smoke"],
+        default="full",
+        help="full: the paper's protocol; cpu: a 2-core session; smoke: seconds",
+    )
     reproduce.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: the budget's)")
-    reproduce.add_argument("--table", action="store_true", help="print the README's results table from runs/reproduce-*/reproduce.json")
-    reproduce.add_argument("--write-readme", type=Path, metavar="README", help="with --table: write it between the README's markers instead")
+    reproduce.add_argument(
+        "--table", action="store_true", help="print the README's results table from runs/reproduce-*/reproduce.json"
+    )
+    reproduce.add_argument(
+        "--write-readme",
+        type=Path,
+        metavar="README",
+        help="with --table: write it between the README's markers instead",
+    )
     _add_pool_arguments(reproduce, backends=("local", "slurm"))
     reproduce.set_defaults(command=cmd_reproduce)
     return parser
 
 
 def _add_pool_arguments(parser: argparse.ArgumentParser, backends: Sequence[str]) -> None:
-    parser.add_argument("--workers", type=int, default=1, help="trials at once: processes here, Slurm jobs queued, or W&B agents (default 1)")
-    parser.add_argument("--backend", choices=backends, default="local", help="where trials run (default local: processes here)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="trials at once: processes here, Slurm jobs queued, or W&B agents (default 1)",
+    )
+    parser.add_argument(
+        "--backend", choices=backends, default="local", help="where trials run (default local: processes here)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
 
 
@@ -216,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.overrides and args.target != "smoke":
         raise PixlabError(f"--set {args.overrides} is for `pixlab bench smoke` only")
     if args.target == "smoke":
-        from shared.smoke import TRAINERS, format_smoke, smoke
+        from shared.cli.smoke import TRAINERS, format_smoke, smoke
 
         unknown = [t for t in (args.trainers or []) + [o.split(":", 1)[0] for o in args.overrides] if t not in TRAINERS]
         if unknown or any(":" not in o for o in args.overrides):
@@ -233,7 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "train":
         from generative.bench import TRAIN_CASES as generative_cases
         from rl.bench import TRAIN_CASES as rl_cases
-        from shared.bench import LENET5, bench_train, format_train
+        from shared.cli.bench import LENET5, bench_train, format_train
 
         cases = {"lenet5": LENET5} | rl_cases | generative_cases
         unknown = [m for m in args.models or [] if m not in cases]
@@ -242,27 +294,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
         chosen = [cases[m] for m in args.models or cases]
         return _print_report(bench_train(chosen, args.repeats, args.device, args.steps_scale), format_train, args.json)
     if args.target == "pixelcnn":
-        from generative.bench import bench_pixelcnn, format_report as format_sampling
+        from generative.bench import bench_pixelcnn
+        from generative.bench import format_report as format_sampling
 
         if args.batch_size < 1 or args.image_size < 1:
-            raise PixlabError(f"--batch-size and --image-size must be >= 1, got {args.batch_size} and {args.image_size}")
+            raise PixlabError(
+                f"--batch-size and --image-size must be >= 1, got {args.batch_size} and {args.image_size}"
+            )
         report = bench_pixelcnn(batch_size=args.batch_size, image_size=args.image_size, device=args.device)
         print(json.dumps(report, indent=2) if args.json else format_sampling(report))
         return 0
     if args.target == "dqn":
         from rl.bench import bench_dqn, format_report
 
-        report = bench_dqn(steps=3000 if args.steps is None else args.steps, learning_starts=args.learning_starts, compile=args.compile)
+        report = bench_dqn(
+            steps=3000 if args.steps is None else args.steps, learning_starts=args.learning_starts, compile=args.compile
+        )
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
-    from shared.bench import bench_classify, format_table
+    from shared.cli.bench import bench_classify, format_table
     from shared.models import MODELS
 
     models = args.models or ["lenet5", "resnet20"]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise PixlabError(f"--models: unknown {unknown}; known: {', '.join(sorted(MODELS))}")
-    return _print_report(bench_classify(models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale), format_table, args.json)
+    return _print_report(
+        bench_classify(models, repeats=args.repeats, device=args.device, steps_scale=args.steps_scale),
+        format_table,
+        args.json,
+    )
 
 
 def _print_report(report: dict, format_text, as_json: bool) -> int:
@@ -271,7 +332,7 @@ def _print_report(report: dict, format_text, as_json: bool) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from shared.report import wandb_workspace, write_report
+    from shared.cli.report import wandb_workspace, write_report
 
     if args.wandb_workspace is not None:
         if args.runs:
@@ -288,7 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from shared.sweep import load_spec, run_sweep
+    from shared.cli.sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec)
     return run_sweep(spec, run_trial, args.backend, args.workers, args.retries, args.threads).status
@@ -304,7 +365,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     elif args.name is None:
         print(reproduce.list_entries())
     else:
-        return reproduce.reproduce(args.name, args.budget, run_trial, args.seeds, args.backend, args.workers, args.threads)
+        return reproduce.reproduce(
+            args.name, args.budget, run_trial, args.seeds, args.backend, args.workers, args.threads
+        )
     return 0
 
 
@@ -328,10 +391,9 @@ def _exit_status(run) -> int:
     if run.stop_signal is not None:
         if not run.dist.is_main:
             return 128 + run.stop_signal
-        print(f"pixlab: stopped by signal {run.stop_signal}; checkpoint saved. Continue with: pixlab resume {run.dir}", file=sys.stderr)
+        print(
+            f"pixlab: stopped by signal {run.stop_signal}; checkpoint saved. Continue with: pixlab resume {run.dir}",
+            file=sys.stderr,
+        )
         return 128 + run.stop_signal
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

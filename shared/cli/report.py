@@ -105,7 +105,9 @@ class RunRecord:
 
     def logged(self) -> set[str]:
         """The names of every metric the run logged, in step records or in its summary."""
-        found = {k for r in self.records for k, v in r.items() if _is_number(v)} | {k for k, v in self.summary.items() if _is_number(v)}
+        found = {k for r in self.records for k, v in r.items() if _is_number(v)} | {
+            k for k, v in self.summary.items() if _is_number(v)
+        }
         return found - {"step", "wall_time"}
 
 
@@ -149,7 +151,11 @@ def find_runs(paths: Sequence[Path]) -> list[RunRecord]:
     for path in map(Path, paths):
         if not path.exists():
             raise PixlabError(f"{path} does not exist")
-        folders = [path] if _is_run_dir(path) else sorted(p.parent for p in path.rglob("metrics.jsonl") if _is_run_dir(p.parent))
+        folders = (
+            [path]
+            if _is_run_dir(path)
+            else sorted(p.parent for p in path.rglob("metrics.jsonl") if _is_run_dir(p.parent))
+        )
         if not folders:
             raise PixlabError(f"{path} holds no run folders (a run folder has config.yaml and metrics.jsonl)")
         for folder in folders:
@@ -189,12 +195,17 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 # --------------------------------------------------------------------- building the report
 def build_sections(
-    runs: list[RunRecord], metric: Optional[str] = None, group_by: Optional[str] = None, higher_better: Optional[bool] = None
+    runs: list[RunRecord],
+    metric: Optional[str] = None,
+    group_by: Optional[str] = None,
+    higher_better: Optional[bool] = None,
 ) -> list[Section]:
     """Split runs by algorithm, pick each section's metric, group the runs; raises PixlabError on bad input."""
     if metric is not None and not any(metric in run.logged() for run in runs):
         known = sorted(set().union(*(run.logged() for run in runs)))
-        raise PixlabError(f"no run logged the metric {metric!r}{did_you_mean(metric, known)}; the runs logged: {', '.join(known)}")
+        raise PixlabError(
+            f"no run logged the metric {metric!r}{did_you_mean(metric, known)}; the runs logged: {', '.join(known)}"
+        )
     sections = []
     for algo in sorted({run.algo for run in runs}):
         members = [run for run in runs if run.algo == algo]
@@ -210,8 +221,14 @@ def build_sections(
         seed_groups = group_runs(kept, None, described)
         groups = seed_groups if group_by is None else group_runs(kept, group_by, described)
         swept = differing_keys(kept)
-        sweepable = {k: [g.runs[0].config.get(k) for g in seed_groups] for k in swept if all(_is_scalar(g.runs[0].config.get(k)) for g in seed_groups)}
-        sections.append(Section(algo, described, groups, sweepable if 1 <= len(swept) <= MAX_SWEPT else {}, seed_groups))
+        sweepable = {
+            k: [g.runs[0].config.get(k) for g in seed_groups]
+            for k in swept
+            if all(_is_scalar(g.runs[0].config.get(k)) for g in seed_groups)
+        }
+        sections.append(
+            Section(algo, described, groups, sweepable if 1 <= len(swept) <= MAX_SWEPT else {}, seed_groups)
+        )
     return sections
 
 
@@ -239,7 +256,9 @@ def group_runs(runs: list[RunRecord], group_by: Optional[str], metric: Metric) -
         lacking = [run for run in runs if group_by not in run.config]
         if lacking:
             hint = did_you_mean(group_by, sorted(lacking[0].config))
-            raise PixlabError(f"--group-by {group_by}: no such key in the config of {', '.join(str(run.dir) for run in lacking)}{hint}")
+            raise PixlabError(
+                f"--group-by {group_by}: no such key in the config of {', '.join(str(run.dir) for run in lacking)}{hint}"
+            )
     differing = differing_keys(runs)
     keys = [group_by] if group_by is not None else differing
     buckets: dict[str, list[RunRecord]] = {}
@@ -266,8 +285,10 @@ def differing_keys(runs: list[RunRecord]) -> list[str]:
     """Config keys, IGNORED excepted, whose values are not the same in every run."""
     keys = sorted(set().union(*(run.config for run in runs)))
     return [
-        k for k in keys
-        if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES)
+        k
+        for k in keys
+        if k not in IGNORED_KEYS
+        and not k.startswith(IGNORED_PREFIXES)
         and len({json.dumps(run.config.get(k), default=str) for run in runs}) > 1
     ]
 
@@ -337,7 +358,9 @@ def markdown_section(section: Section, images: list[str]) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for g in section.groups:
-        lines.append(f"| {g.label} | {len(g.runs)} | {_mean_std(g.finals())} | {_mean_std(g.bests(m.higher_better))} | {_steps(g.last_steps())} |")
+        lines.append(
+            f"| {g.label} | {len(g.runs)} | {_mean_std(g.finals())} | {_mean_std(g.bests(m.higher_better))} | {_steps(g.last_steps())} |"
+        )
     if section.swept:
         lines.append(f"\nSwept: {', '.join(section.swept)}.")
     lines += [""] + [f"![{name}]({name})" for name in images] + [""]
@@ -349,13 +372,23 @@ def csv_rows(section: Section) -> list[dict]:
     rows = []
     for g in section.groups:
         finals, bests = g.finals(), g.bests(m.higher_better)
-        rows.append({
-            "algo": section.algo, "metric": m.name, "unit": m.unit, "best_is": "max" if m.higher_better else "min",
-            "group": g.label, "seeds": len(g.runs),
-            "final_mean": float(finals.mean()), "final_std": _std(finals), "best_mean": float(bests.mean()), "best_std": _std(bests),
-            "last_step_min": min(g.last_steps()), "last_step_max": max(g.last_steps()),
-            "runs": ";".join(run.dir.name for run in g.runs),
-        })
+        rows.append(
+            {
+                "algo": section.algo,
+                "metric": m.name,
+                "unit": m.unit,
+                "best_is": "max" if m.higher_better else "min",
+                "group": g.label,
+                "seeds": len(g.runs),
+                "final_mean": float(finals.mean()),
+                "final_std": _std(finals),
+                "best_mean": float(bests.mean()),
+                "best_std": _std(bests),
+                "last_step_min": min(g.last_steps()),
+                "last_step_max": max(g.last_steps()),
+                "runs": ";".join(run.dir.name for run in g.runs),
+            }
+        )
     return rows
 
 
@@ -372,7 +405,16 @@ def plot_curves(section: Section, path: Path) -> Path:
             color = None
             for i, (run_steps, values) in enumerate(g.series):
                 label = f"{g.label} (n={len(g.runs)}, no common steps)" if i == 0 else None
-                (line,) = ax.plot(run_steps, _finite(values), marker="o", markersize=4, linewidth=1.0, color=color, alpha=0.7, label=label)
+                (line,) = ax.plot(
+                    run_steps,
+                    _finite(values),
+                    marker="o",
+                    markersize=4,
+                    linewidth=1.0,
+                    color=color,
+                    alpha=0.7,
+                    label=label,
+                )
                 color = line.get_color()
             continue
         marker = "o" if len(steps) <= 30 else None
@@ -446,12 +488,16 @@ def wandb_workspace() -> str:
         for m in (m for m in algorithm.metrics if not m.once):
             unit = m.unit if m.scale == 1 else f"x{m.scale:g} = {m.unit}"
             best = {"maximize": "max", "minimize": "min"}.get(m.goal)
-            panels.append({"type": "line", "metric": m.name} | ({"unit": unit} if unit else {}) | ({"best": best} if best else {}))
+            panels.append(
+                {"type": "line", "metric": m.name} | ({"unit": unit} if unit else {}) | ({"best": best} if best else {})
+            )
         once = [m.name for m in algorithm.metrics if m.once]
         panels += [{"type": "runs_table", "columns": once}] if once else []
         panels += [{"type": "media", "key": key} for key in algorithm.media]
         sections.append({"name": name, "step": algorithm.step_unit, "filter": {"tags": [name]}, "panels": panels})
-    body = yaml.safe_dump(WORKSPACE_SETTINGS | {"sections": sections}, sort_keys=False, default_flow_style=None, width=120)
+    body = yaml.safe_dump(
+        WORKSPACE_SETTINGS | {"sections": sections}, sort_keys=False, default_flow_style=None, width=120
+    )
     return WORKSPACE_HEADER + "\n" + body
 
 

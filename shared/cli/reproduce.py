@@ -27,7 +27,7 @@ read the built-in `digits` set (the RAM, VAE and DCGAN trainers read MNIST only,
 need the MNIST files).
 
 How it runs: the entry and budget become a grid sweep spec with no parameters, the budget's overrides
-and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/sweep/ runs it:
+and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/cli/sweep/ runs it:
 the same checks before anything is written, one run folder per seed, retries, and resume, so running the
 command again continues a cut-short cpu budget from its checkpoints. Then the metric is read from each
 seed's final summary in metrics.jsonl; measured is the mean +/- the sample standard deviation over
@@ -47,10 +47,10 @@ from typing import Any, Optional
 import yaml
 
 from shared.atomic import atomic_write_text
+from shared.cli.sweep import TrialFunction, parse_spec, resolve_config_path, run_sweep
 from shared.config import REPO, Metric, check_keys, did_you_mean, load_config
 from shared.errors import ConfigError
 from shared.provenance import git_state
-from shared.sweep import TrialFunction, parse_spec, resolve_config_path, run_sweep
 from shared.tracking import read_summary
 
 ENTRIES = REPO / "configs" / "reproduce"
@@ -97,7 +97,9 @@ def load_entry(name: str) -> Entry:
     path = ENTRIES / f"{name}.yaml"
     if not path.is_file():
         known = entry_names()
-        raise ConfigError(f"unknown reproduce entry {name!r}{did_you_mean(name, known)}; known entries: {', '.join(known)}")
+        raise ConfigError(
+            f"unknown reproduce entry {name!r}{did_you_mean(name, known)}; known entries: {', '.join(known)}"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -109,10 +111,23 @@ def load_entry(name: str) -> Entry:
     budgets = {}
     for budget, body in raw["budgets"].items():
         _require_keys(body, BUDGET_KEYS, ("seeds", "overrides", "about"), str(path), f"budgets.{budget}.")
-        budgets[budget] = Budget(int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config"))
+        budgets[budget] = Budget(
+            int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config")
+        )
     metric = _registered_metric(raw["config"], raw["metric"]["name"], path)
     decimals = raw["metric"].get("decimals", 2)
-    return Entry(name, path, raw["model"], raw["task"], raw["config"], metric, decimals, raw["published"], budgets, raw.get("slurm") or {})
+    return Entry(
+        name,
+        path,
+        raw["model"],
+        raw["task"],
+        raw["config"],
+        metric,
+        decimals,
+        raw["published"],
+        budgets,
+        raw.get("slurm") or {},
+    )
 
 
 def _registered_metric(config: str, name: str, path: Path) -> Metric:
@@ -138,7 +153,7 @@ def _require_keys(node: Any, valid: tuple, required: tuple, source: str, prefix:
 
 
 def sweep_spec(entry: Entry, budget: str, seeds: Optional[int] = None):
-    """The sweep behind an entry's budget, checked by shared/sweep/ like any sweep spec."""
+    """The sweep behind an entry's budget, checked by shared/cli/sweep/ like any sweep spec."""
     b = entry.budgets[budget]
     raw = {
         "name": f"reproduce-{entry.name}-{budget}",
@@ -183,7 +198,11 @@ def reproduce(
 
 def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] = None) -> dict:
     """The entry's metric over the finished seeds: values, mean, std, difference, wall time, command."""
-    finished = [(t["seed"], read_summary(t["run_dir"]).get(entry.metric.name), t["wall_time"]) for t in trials if t["status"] == "done"]
+    finished = [
+        (t["seed"], read_summary(t["run_dir"]).get(entry.metric.name), t["wall_time"])
+        for t in trials
+        if t["status"] == "done"
+    ]
     scored = [(seed, value * entry.metric.scale, wall) for seed, value, wall in finished if value is not None]
     values = [v for _, v, _ in scored]
     mean = statistics.fmean(values) if values else None
@@ -232,16 +251,27 @@ def format_published(entry: Entry, m: dict) -> str:
 
 
 def format_wall(m: dict) -> str:
-    return "n/a" if m["wall_time_s"] is None else f"{m['wall_time_per_seed_s']:.0f} s per seed ({m['wall_time_s']:.0f} s in all)"
+    return (
+        "n/a"
+        if m["wall_time_s"] is None
+        else f"{m['wall_time_per_seed_s']:.0f} s per seed ({m['wall_time_s']:.0f} s in all)"
+    )
 
 
 def format_table(measured: list[dict]) -> str:
     """Measured beside published: the table `pixlab reproduce` prints and writes to reproduce.md."""
-    rows = ["| entry | task | measured | published | difference | budget | wall time |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| entry | task | measured | published | difference | budget | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in measured:
         entry = load_entry(m["entry"])
-        difference = "n/a" if m["difference"] is None else ("+" if m["difference"] >= 0 else "") + entry.shown(m["difference"])
-        rows.append(f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {format_wall(m)} |")
+        difference = (
+            "n/a" if m["difference"] is None else ("+" if m["difference"] >= 0 else "") + entry.shown(m["difference"])
+        )
+        rows.append(
+            f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {format_wall(m)} |"
+        )
     return "\n".join(rows)
 
 
@@ -250,11 +280,16 @@ def results_table(runs_dir: Path = Path("runs"), budgets: tuple = ("full", "cpu"
     found = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("reproduce-*/reproduce.json"))]
     found = [m for m in found if m["budget"] in budgets and m["entry"] in entry_names()]
     found.sort(key=lambda m: (entry_names().index(m["entry"]), BUDGETS.index(m["budget"])))
-    rows = ["| model | task | measured | published | budget | wall time, date | command |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| model | task | measured | published | budget | wall time, date | command |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for m in found:
         entry = load_entry(m["entry"])
         when = f"{format_wall(m)}, {m['measured'][:10]}"
-        rows.append(f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |")
+        rows.append(
+            f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |"
+        )
     return "\n".join(rows)
 
 
@@ -266,7 +301,9 @@ def update_readme(readme: Path, runs_dir: Path = Path("runs")) -> None:
     text = readme.read_text() if readme.exists() else ""
     start, end = text.find(README_MARKERS[0]), text.find(README_MARKERS[1])
     if start < 0 or end < start:
-        raise ConfigError(f"{readme}: no results table to replace; put the lines {README_MARKERS[0]!r} and {README_MARKERS[1]!r} around it")
+        raise ConfigError(
+            f"{readme}: no results table to replace; put the lines {README_MARKERS[0]!r} and {README_MARKERS[1]!r} around it"
+        )
     head, tail = text[: start + len(README_MARKERS[0])], text[end:]
     atomic_write_text(readme, f"{head}\n{results_table(runs_dir)}\n{tail}")
 
@@ -276,7 +313,9 @@ def list_entries() -> str:
     lines = []
     for name in entry_names():
         entry = load_entry(name)
-        published = entry.published.get("text") or ("none" if entry.published["value"] is None else entry.shown(entry.published["value"]))
+        published = entry.published.get("text") or (
+            "none" if entry.published["value"] is None else entry.shown(entry.published["value"])
+        )
         lines.append(f"{name}: {entry.model}, {entry.task}; published {published} ({entry.published['source']})")
         lines += [f"    --budget {b:<5}  {entry.budgets[b].seeds} seed(s), {entry.budgets[b].about}" for b in BUDGETS]
     return "\n".join(lines)

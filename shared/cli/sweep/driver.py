@@ -14,12 +14,12 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Optional
 
+from shared.cli.sweep.backends import LocalPool, SlurmPool, TrialFunction, TrialJob
+from shared.cli.sweep.spec import SweepSpec
+from shared.cli.sweep.state import SweepResult, SweepState, find_run_dir
+from shared.cli.sweep.trials import check_trials, expand, override_text
+from shared.cli.sweep.wandb_backend import run_wandb
 from shared.errors import ConfigError
-from shared.sweep.backends import LocalPool, SlurmPool, TrialFunction, TrialJob
-from shared.sweep.spec import SweepSpec
-from shared.sweep.state import SweepResult, SweepState, find_run_dir
-from shared.sweep.trials import check_trials, expand, override_text
-from shared.sweep.wandb_backend import run_wandb
 from shared.tracking import read_summary
 
 BACKENDS = ("local", "slurm", "wandb")
@@ -39,7 +39,9 @@ def run_sweep(
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not a valid choice; valid choices: {', '.join(BACKENDS)}")
     if workers < 1 or threads < 1 or (retries is not None and retries < 0):
-        raise ConfigError(f"--workers and --threads must be >= 1 and --retries >= 0, got {workers}, {threads} and {retries}")
+        raise ConfigError(
+            f"--workers and --threads must be >= 1 and --retries >= 0, got {workers}, {threads} and {retries}"
+        )
     for note in spec.notes:
         print(f"pixlab: {note}", file=out)
     if backend == "wandb":
@@ -59,7 +61,9 @@ def run_sweep(
     pool = LocalPool(trial_fn) if backend == "local" else SlurmPool(trial_fn, spec.dir / "slurm", spec.slurm, spec.name)
     print(f"pixlab: sweep {spec.name}: {len(trials)} trials in {spec.dir} ({backend}, {workers} at a time)", file=out)
     try:
-        status = _drive(spec, state, pool, workers, spec.retries if retries is None else retries, threads, Progress(spec.name, out))
+        status = _drive(
+            spec, state, pool, workers, spec.retries if retries is None else retries, threads, Progress(spec.name, out)
+        )
     finally:
         state.lock.close()
     records = [{"id": tid} | state.trials[tid] for tid in state.ids]
@@ -75,7 +79,9 @@ def _check_slurm(spec: SweepSpec) -> None:
         )
 
 
-def _drive(spec: SweepSpec, state: SweepState, pool, workers: int, retries: int, threads: int, progress: "Progress") -> int:
+def _drive(
+    spec: SweepSpec, state: SweepState, pool, workers: int, retries: int, threads: int, progress: "Progress"
+) -> int:
     """Start trials while there is room, record each outcome, retry crashes, stop on a signal."""
     queue = deque(tid for tid in state.ids if state.trials[tid]["status"] != "done")
     tries: Counter = Counter()  # attempts in this invocation (a re-run gives failed trials their retries again)
@@ -87,10 +93,14 @@ def _drive(spec: SweepSpec, state: SweepState, pool, workers: int, retries: int,
                 tid = queue.popleft()
                 record = state.trials[tid]
                 run_dir = find_run_dir(spec.dir, f"{spec.name}-{tid}")
-                record.update(status="running", attempts=record["attempts"] + 1, run_dir=str(run_dir) if run_dir else None)
+                record.update(
+                    status="running", attempts=record["attempts"] + 1, run_dir=str(run_dir) if run_dir else None
+                )
                 state.save()
                 log = spec.dir / f"{tid}.log"
-                pool.start(tid, TrialJob(str(spec.config), tuple(record["overrides"]), record["run_dir"], str(log), threads))
+                pool.start(
+                    tid, TrialJob(str(spec.config), tuple(record["overrides"]), record["run_dir"], str(log), threads)
+                )
                 started[tid] = time.monotonic()
                 tries[tid] += 1
             for tid, outcome in pool.wait(timeout=1.0):
@@ -106,11 +116,24 @@ def _drive(spec: SweepSpec, state: SweepState, pool, workers: int, retries: int,
                     record["status"] = "interrupted"
                 else:
                     error = outcome["error"] or f"exit status {outcome['status']}"
-                    record["errors"].append({"attempt": record["attempts"], "time": _dt.datetime.now().isoformat(timespec="seconds"), "error": error})
+                    record["errors"].append(
+                        {
+                            "attempt": record["attempts"],
+                            "time": _dt.datetime.now().isoformat(timespec="seconds"),
+                            "error": error,
+                        }
+                    )
                     again = outcome["retry"] and tries[tid] <= retries
                     record["status"] = "pending" if again else "failed"
                     last = error.strip().splitlines()[-1]
-                    progress.event(f"{tid} failed (attempt {record['attempts']}): {last}; " + ("retrying" + (" from its checkpoint" if run_dir else "") if again else f"giving up, see {spec.dir / (tid + '.log')}"))
+                    progress.event(
+                        f"{tid} failed (attempt {record['attempts']}): {last}; "
+                        + (
+                            "retrying" + (" from its checkpoint" if run_dir else "")
+                            if again
+                            else f"giving up, see {spec.dir / (tid + '.log')}"
+                        )
+                    )
                     if again:
                         queue.append(tid)
                 state.save()
@@ -118,7 +141,9 @@ def _drive(spec: SweepSpec, state: SweepState, pool, workers: int, retries: int,
     progress.close()
     counts = state.counts(state.ids)
     if stop.signum is not None:
-        print(f"pixlab: sweep stopped by signal {stop.signum}; run the same command again to resume it", file=progress.out)
+        print(
+            f"pixlab: sweep stopped by signal {stop.signum}; run the same command again to resume it", file=progress.out
+        )
         return 128 + stop.signum
     return 1 if counts["failed"] else 0
 
@@ -208,4 +233,3 @@ def summary_table(records: list[dict], metric: Optional[dict]) -> str:
         seed = "" if r["seed"] is None else f"  seed={r['seed']}"
         lines.append(f"  {r['id']}  {r['status']:<11}{seed}  {params}{shown}  {r['run_dir'] or ''}".rstrip())
     return "\n".join(lines)
-

@@ -14,7 +14,19 @@ import yaml
 from shared.config import REPO, check_keys, did_you_mean, load_config
 from shared.errors import ConfigError
 
-WANDB_KEYS = ("method", "parameters", "metric", "name", "description", "program", "command", "early_terminate", "run_cap", "project", "entity")
+WANDB_KEYS = (
+    "method",
+    "parameters",
+    "metric",
+    "name",
+    "description",
+    "program",
+    "command",
+    "early_terminate",
+    "run_cap",
+    "project",
+    "entity",
+)
 PIXLAB_KEYS = ("config", "seeds", "overrides", "sample_seed", "retries", "slurm")
 METHODS = ("grid", "random", "bayes")
 PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "probabilities", "parameters")
@@ -41,7 +53,11 @@ class Parameter:
         """One value from this parameter, with `rng` (random and bayes probes)."""
         d = self.distribution
         if self.values is not None:
-            return rng.choices(self.values, weights=self.probabilities)[0] if self.probabilities else rng.choice(self.values)
+            return (
+                rng.choices(self.values, weights=self.probabilities)[0]
+                if self.probabilities
+                else rng.choice(self.values)
+            )
         if d == "int_uniform":
             return rng.randint(int(self.min), int(self.max))
         if d in ("normal", "log_normal"):
@@ -121,15 +137,21 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
         raise ConfigError(f"{path} must hold a mapping (a W&B sweep spec), not {type(raw).__name__}")
     check_keys(raw, WANDB_KEYS + PIXLAB_KEYS, str(path), "")
     if "config" not in raw:
-        raise ConfigError(f"{path}: missing key 'config' (the base config every trial starts from, e.g. configs/classify/lenet5_digits.yaml)")
+        raise ConfigError(
+            f"{path}: missing key 'config' (the base config every trial starts from, e.g. configs/classify/lenet5_digits.yaml)"
+        )
     method = raw.get("method", "grid")
     if method not in METHODS:
-        raise ConfigError(f"{path}: method={method!r} is not a valid choice{did_you_mean(method, METHODS)}; valid choices: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"{path}: method={method!r} is not a valid choice{did_you_mean(method, METHODS)}; valid choices: {', '.join(METHODS)}"
+        )
     parameters = _parse_parameters(raw.get("parameters") or {}, str(path), "")
     if method == "grid":
         for p in parameters:
             if p.values is None:
-                raise ConfigError(f"{path}: parameters.{p.key}: method grid needs `values` or `value`, not distribution {p.distribution}; use method random for it")
+                raise ConfigError(
+                    f"{path}: parameters.{p.key}: method grid needs `values` or `value`, not distribution {p.distribution}; use method random for it"
+                )
 
     name = str(raw.get("name", path.stem))
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -146,18 +168,26 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
     metric = raw.get("metric")
     if metric is not None:
         if not isinstance(metric, dict) or "name" not in metric:
-            raise ConfigError(f"{path}: metric must be a mapping with a name, e.g. {{name: test/error, goal: minimize}}")
+            raise ConfigError(
+                f"{path}: metric must be a mapping with a name, e.g. {{name: test/error, goal: minimize}}"
+            )
         check_keys(metric, ("name", "goal", "target"), str(path), "metric.")
         if metric.get("goal", "minimize") not in ("minimize", "maximize"):
-            raise ConfigError(f"{path}: metric.goal={metric['goal']!r} is not a valid choice; valid choices: minimize, maximize")
+            raise ConfigError(
+                f"{path}: metric.goal={metric['goal']!r} is not a valid choice; valid choices: minimize, maximize"
+            )
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ConfigError(f"{path}: slurm must be a mapping with keys {', '.join(SLURM_KEYS)}")
     check_keys(slurm, SLURM_KEYS, str(path), "slurm.")
     if slurm.get("cluster", "slurm") not in ("slurm", "local"):
-        raise ConfigError(f"{path}: slurm.cluster={slurm['cluster']!r} is not a valid choice; valid choices: slurm, local")
+        raise ConfigError(
+            f"{path}: slurm.cluster={slurm['cluster']!r} is not a valid choice; valid choices: slurm, local"
+        )
 
-    notes = [f"{path}: `{k}` is ignored: pixlab runs its own trial function" for k in ("program", "command") if k in raw]
+    notes = [
+        f"{path}: `{k}` is ignored: pixlab runs its own trial function" for k in ("program", "command") if k in raw
+    ]
     spec = SweepSpec(
         path=path,
         name=name,
@@ -198,11 +228,15 @@ def _parse_parameters(node: Any, source: str, prefix: str) -> list[Parameter]:
         full = f"{prefix}{key}"
         where = f"parameters.{full}"
         if not isinstance(body, dict):
-            raise ConfigError(f"{source}: {where} must be a mapping with `values`, `value` or `distribution` (W&B sweep format), not {body!r}")
+            raise ConfigError(
+                f"{source}: {where} must be a mapping with `values`, `value` or `distribution` (W&B sweep format), not {body!r}"
+            )
         check_keys(body, PARAMETER_KEYS, source, f"{where}.")
         if "parameters" in body:
             if len(body) > 1:
-                raise ConfigError(f"{source}: {where} holds nested `parameters`, so it cannot also have {sorted(set(body) - {'parameters'})}")
+                raise ConfigError(
+                    f"{source}: {where} holds nested `parameters`, so it cannot also have {sorted(set(body) - {'parameters'})}"
+                )
             found += _parse_parameters(body["parameters"], source, f"{full}.")
         else:
             found.append(_parse_parameter(full, body, source))
@@ -213,14 +247,18 @@ def _parse_parameter(key: str, body: dict, source: str) -> Parameter:
     where = f"{source}: parameters.{key}"
     distribution = body.get("distribution")
     if distribution is not None and distribution not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}.distribution={distribution!r} is not supported{did_you_mean(distribution, DISTRIBUTIONS)}; supported: {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(
+            f"{where}.distribution={distribution!r} is not supported{did_you_mean(distribution, DISTRIBUTIONS)}; supported: {', '.join(DISTRIBUTIONS)}"
+        )
     if "values" in body or distribution == "categorical":
         values = body.get("values")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.values must be a non-empty list, not {values!r}")
         probabilities = body.get("probabilities")
         if probabilities is not None and (len(probabilities) != len(values) or abs(sum(probabilities) - 1) > 1e-6):
-            raise ConfigError(f"{where}.probabilities={probabilities!r} must give one probability per value and sum to 1")
+            raise ConfigError(
+                f"{where}.probabilities={probabilities!r} must give one probability per value and sum to 1"
+            )
         return Parameter(key, values=values, distribution=distribution or "categorical", probabilities=probabilities)
     if "value" in body or distribution == "constant":
         if "value" not in body:
@@ -232,7 +270,9 @@ def _parse_parameter(key: str, body: dict, source: str) -> Parameter:
             raise ConfigError(f"{where}.sigma={sigma!r} must be a number > 0")
         return Parameter(key, distribution=distribution, mu=float(body.get("mu", 0.0)), sigma=float(sigma))
     if "min" not in body or "max" not in body:
-        raise ConfigError(f"{where} needs `values`, `value`, or a distribution with `min` and `max`; it has {sorted(body)}")
+        raise ConfigError(
+            f"{where} needs `values`, `value`, or a distribution with `min` and `max`; it has {sorted(body)}"
+        )
     low, high = body["min"], body["max"]
     for bound, value in (("min", low), ("max", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -260,7 +300,12 @@ def _parse_seeds(seeds: Any, source: str) -> list[Optional[int]]:
         return [None]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         return list(range(_positive_int(seeds, "seeds", source)))
-    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and len(set(seeds)) == len(seeds):
+    if (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
         return list(seeds)
     raise ConfigError(f"{source}: seeds={seeds!r} must be a count (3: seeds 0, 1, 2) or a list of distinct integers")
 
