@@ -37,6 +37,7 @@ from shared.config import RunConfig, register, require, require_positive
 from shared.data import ImageData, epoch_order, load_dataset
 from shared.errors import ConfigError
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from shared.rng import stream
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
@@ -144,9 +145,9 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     scorer = (
         SampleScorer(cfg.metrics, data, cfg.data.root, run.device, cfg.seed) if cfg.metrics.network != "none" else None
     )
-    fixed_noise = torch.randn(
-        cfg.samples, cfg.model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17)
-    ).to(run.device)
+    fixed_noise = torch.randn(cfg.samples, cfg.model.latent_dim, generator=stream(cfg.seed, "fixed noise")).to(
+        run.device
+    )
 
     state = run.restore(objects) or {"step": 0}
     clock.start(state["step"])

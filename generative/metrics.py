@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from shared.config import load_config, require
 from shared.data import ImageData
 from shared.errors import ConfigError, PixlabError
+from shared.rng import stream
 from shared.run import capture_rng, latest_checkpoint, load_checkpoint, restore_rng
 from shared.tracking import read_metrics
 
@@ -447,7 +448,7 @@ class SampleScorer:
 
     def score(self, sample: Callable[[torch.Generator, int], torch.Tensor]) -> dict:
         """{'samples/fid_<net>': ..., 'samples/is_<net>': ...} of `num_samples` images from `sample`."""
-        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + 7)
+        generator = stream(self.seed, "sample scoring", device=self.device)
         n, size = self.cfg.num_samples, self.cfg.batch_size
         stats = self._stats(sample(generator, min(size, n - first)) for first in range(0, n, size))
         return {

@@ -45,6 +45,7 @@ from shared.config import RunConfig, register, require, require_positive
 from shared.data import ImageData, Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
 from shared.models.conv_vae import ConvDecoder, ConvEncoder
+from shared.rng import stream
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
@@ -378,7 +379,7 @@ def test_elbo(vae: VAE, data: VAEData, cfg: VAEConfig) -> dict:
     """The test-set -ELBO (one latent sample per image, from a fixed generator) and its two terms, nats per image."""
     vae.eval()
     device = data.test.device
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + 11)
+    generator = stream(cfg.seed, "test elbo", device=device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     for first in range(0, len(data.test), cfg.train.eval_batch_size):
         x, target = data.inputs(data.test[first : first + cfg.train.eval_batch_size])
@@ -403,7 +404,7 @@ def test_iwae(vae: VAE, data: VAEData, cfg: VAEConfig) -> dict:
     vae.eval()
     k, device = cfg.eval.iwae_k, data.test.device
     test = data.test[: cfg.eval.test_images]
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + 13)
+    generator = stream(cfg.seed, "iwae", device=device)
     group = max(1, cfg.eval.chunk // k)
     per_piece = max(1, cfg.eval.chunk // group)
     bound_sum, weight_sum = 0.0, 0.0
@@ -454,7 +455,7 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
     """Reconstructions, samples from fixed noise, latent interpolations, and the 2-D manifold when latent_dim == 2."""
     vae.eval()
     device, m = run.device, cfg.media
-    generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + 17)  # the same noise every epoch
+    generator = stream(cfg.seed, "fixed noise", device=device)  # the same noise every epoch
 
     x, _ = data.inputs(data.test[: m.reconstructions])  # (N, C, H, W) in [0, 1]
     rebuilt = vae.decode_mean(vae.encode(x)[0])

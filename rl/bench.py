@@ -34,6 +34,7 @@ import torch
 
 from shared.config import CheckpointConfig, TrackingConfig
 from shared.data.tensors import ImageData
+from shared.errors import ConfigError
 from shared.machine import describe_machine, format_machine
 from shared.run import Run
 from shared.tracking import read_metrics
@@ -46,6 +47,11 @@ PART_CALLS = {"env_step": 200, "act": 200, "replay_write": 200, "replay_sample":
 def bench_dqn(
     steps: int = 3000, learning_starts: int = 1000, buffer_size: int = 100_000, seed: int = 0, compile: bool = False
 ) -> dict:
+    if steps < learning_starts + 2 * WARMUP:
+        raise ConfigError(
+            f"--steps {steps} leaves no timed window: it must be at least --learning-starts ({learning_starts})"
+            f" + {2 * WARMUP} (a warm-up of {WARMUP} steps, then at least one window of {WARMUP})"
+        )
     cfg = _config(steps, learning_starts, buffer_size, seed, compile)
     ours = _ours(cfg)
     ours["parts"] = time_parts(cfg)

@@ -37,6 +37,7 @@ from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.translated import TEST_SEED, place
 from shared.models.glimpse import Core, GlimpseConfig, GlimpseNetwork, LocationPolicy, location_to_pixel
+from shared.rng import stream
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
@@ -178,10 +179,6 @@ def fixed_test_split(cfg: RAMConfig, mnist_test: Split) -> Split:
     return Split(split.images[:n], split.labels[:n])
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
-
-
 def train(cfg: RAMConfig, run: Run) -> None:
     device = run.device
     mnist = load_dataset("mnist", cfg.task.root, cfg.task.download).to(device)
@@ -210,7 +207,9 @@ def train(cfg: RAMConfig, run: Run) -> None:
         model.train()
         for images, labels in train_split.batches(cfg.train.batch_size, order, start=clock.batch):
             with accel.autocast():
-                out = net(accel.to_input(images.float().div_(255)), step_generator(cfg.seed, clock.step, device))
+                out = net(
+                    accel.to_input(images.float().div_(255)), stream(cfg.seed, "glimpse locations", clock.step, device)
+                )
             loss, parts = hybrid_loss(out, labels)
             accel.backward_step(loss, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
@@ -248,7 +247,7 @@ def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> d
     """Error and NLL of the class distribution averaged over `eval_samples` glimpse paths per image."""
     model.eval()
     m = cfg.train.eval_samples
-    generator = step_generator(cfg.seed, -1, split.images.device)  # the same paths at every evaluation
+    generator = stream(cfg.seed, "glimpse locations", -1, split.images.device)  # the same paths at every evaluation
     errors, nll = 0, 0.0
     for images, labels in split.batches(max(1, cfg.train.eval_batch_size // m)):
         x = images.float().div_(255).repeat(m, 1, 1, 1)  # (m * B, C, H, W), path j of image i at j * B + i
@@ -267,7 +266,7 @@ def plot_paths(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: Run
         return
     model.eval()
     images = split.images[:count].float().div(255)
-    out = model(images, step_generator(cfg.seed, -2, images.device))
+    out = model(images, stream(cfg.seed, "glimpse locations", -2, images.device))
     run.log_images(
         "test/glimpse_paths", draw_paths(images, out.locations, model.glimpse.sensor.sides), step, nrow=min(count, 8)
     )

@@ -8,6 +8,25 @@ import random
 import numpy as np
 import torch
 
+# The run's named random streams. Each is a torch.Generator seeded by seed * 1_000_003 + offset + index, the
+# formula the trainers used before it had a name, so earlier runs and checkpoints keep their numbers. Streams
+# drawn once per epoch or step take that as `index` and start at offset 0; fixed streams sit at small offsets.
+STREAMS = {
+    "epoch order": 0,  # the shuffle of epoch `index` (shared/data/tensors.py)
+    "binarization": 0,  # the Bernoulli draw of epoch `index` (shared/data/binarize.py)
+    "canvas": 0,  # where epoch `index` places digits and clutter (shared/data/translated.py)
+    "glimpse locations": 0,  # RAM's location samples at step `index` (rl/ram.py)
+    "sample scoring": 7,  # the samples that FID and IS score (generative/metrics.py)
+    "test elbo": 11,  # the VAE's one latent sample per test image
+    "iwae": 13,  # the VAE's importance samples
+    "fixed noise": 17,  # the latent noise behind every epoch's sample grid (VAE, DCGAN)
+}
+
+
+def stream(seed: int, purpose: str, index: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of `purpose` (a key of STREAMS) for a run seeded `seed`, at epoch or step `index`."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + STREAMS[purpose] + index)
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and every GPU) from one integer."""

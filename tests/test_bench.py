@@ -88,13 +88,15 @@ def test_bench_train_runs_the_trainer_beside_the_reference_loop(tmp_path):
 
 def test_bench_dqn_runs_ours_and_sb3_times_our_parts_and_reports_replay_sizes(tmp_path):
     pytest.importorskip("stable_baselines3")
-    result = run_cli("bench", "dqn", "--json", "--steps", "1000", "--learning-starts", "200", cwd=tmp_path)
+    steps, starts = 750, 200  # one timed window of 250 steps after the warm-up
+    result = run_cli("bench", "dqn", "--json", "--steps", str(steps), "--learning-starts", str(starts), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     check_machine(report["machine"])
     ours, theirs = report["pixlab"], report["sb3"]
-    assert ours["gradient_steps"] == 1000 // 4 - 199 // 4 and theirs["gradient_steps"] > 0
-    assert report["timed_from_step"] == 450
+    assert ours["gradient_steps"] == steps // 4 - (starts - 1) // 4 and theirs["gradient_steps"] > 0
+    first = report["timed_from_step"]
+    assert first == starts + 250  # the first 250 learning steps (allocations, the replay's first fills) are not timed
     assert ours["learning_steps_per_s"] > 0 and theirs["learning_steps_per_s"] > 0
     assert ours["bytes_per_transition"] < 7200 < 56000 < theirs["bytes_per_transition"]
     assert ours["precision"] in ("fp32", "bf16") and theirs["precision"] == "fp32"
@@ -102,8 +104,8 @@ def test_bench_dqn_runs_ours_and_sb3_times_our_parts_and_reports_replay_sizes(tm
     assert set(parts["ms_per_call"]) == {"env_step", "act", "replay_write", "replay_sample", "train_step"}
     assert all(ms > 0 for ms in parts["ms_per_call"].values())
     ms = parts["ms_per_call"]
-    # epsilon falls linearly from 1 to 0.01 over the 1,000 steps: its mean over the timed steps 450..999
-    assert parts["greedy_fraction"] == pytest.approx(0.99 * (450 + 999) / 2 / 1000, abs=1e-3)
+    # epsilon falls linearly from 1 to 0.01 over the run's steps: its mean over the timed steps first..steps-1
+    assert parts["greedy_fraction"] == pytest.approx(0.99 * (first + steps - 1) / 2 / steps, abs=1e-3)
     summed = (
         ms["env_step"]
         + ms["replay_write"]
@@ -112,6 +114,12 @@ def test_bench_dqn_runs_ours_and_sb3_times_our_parts_and_reports_replay_sizes(tm
     )
     assert parts["ms_per_agent_step"] == pytest.approx(summed, abs=0.01)
     assert parts["loop_share"] == pytest.approx(ours["learning_steps_per_s"] / parts["steps_per_s"], abs=1e-3)
+
+
+def test_bench_dqn_refuses_a_run_too_short_to_time(tmp_path):
+    result = run_cli("bench", "dqn", "--steps", "600", "--learning-starts", "200", cwd=tmp_path)
+    assert result.returncode == 2 and "--steps 600 leaves no timed window" in result.stderr, result.stderr[-2000:]
+    assert "at least --learning-starts (200) + 500" in result.stderr
 
 
 # ---- pixlab bench smoke

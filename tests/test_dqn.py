@@ -332,7 +332,7 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     args = [
         "train",
         str(CONFIGS / "dqn" / "cartpole.yaml"),
-        "total_steps=30000",
+        "total_steps=6000",
         "agent.learning_starts=500",
         "agent.replay_in_checkpoint=true",
         "eval.every=0",
@@ -354,7 +354,7 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     deadline, run = time.monotonic() + 120, None
     while time.monotonic() < deadline and run is None:
         found = list((tmp_path / "runs").glob("*/metrics.jsonl"))
-        if found and any(r.get("step", 0) >= 2000 for r in read_metrics(found[0])):
+        if found and any(r.get("step", 0) >= 1000 for r in read_metrics(found[0])):
             run = found[0].parent
         time.sleep(0.05)
     assert run is not None, process.communicate()
@@ -362,7 +362,7 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr[-2000:]
     stopped = load_checkpoint(latest_checkpoint(run))
-    assert 2000 <= stopped["step"] < 30000 and "replay" in stopped["state"]
+    assert 1000 <= stopped["step"] < 6000 and "replay" in stopped["state"]
     replay = stopped["state"]["replay"]  # one env, not yet wrapped: every agent step is a transition or an autoreset
     assert replay["has_transition"].sum().item() + replay["episode_start"].sum().item() - 1 == stopped["step"]
 
@@ -370,8 +370,8 @@ def test_sigterm_and_resume_carry_the_replay_in_the_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     records = read_metrics(run / "metrics.jsonl")
     steps = [r["step"] for r in records if "train/epsilon" in r]
-    assert steps == sorted(set(steps)) and steps[-1] == 30000  # no step logged twice across the resume
-    assert records[-1]["summary"]["train/steps"] == 30000
+    assert steps == sorted(set(steps)) and steps[-1] == 6000  # no step logged twice across the resume
+    assert records[-1]["summary"]["train/steps"] == 6000
 
 
 def test_tiny_breakout_ram_run_reads_the_128_bytes(tmp_path):

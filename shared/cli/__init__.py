@@ -356,7 +356,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from shared import reproduce
+    from shared.cli import reproduce
 
     if args.table and args.write_readme:
         reproduce.update_readme(args.write_readme)

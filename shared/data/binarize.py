@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from shared.rng import stream
+
 TEST_SEED = 20_110_501  # the one draw of the binary test set, shared by every run
 
 
@@ -20,7 +22,7 @@ def binarize(images: torch.Tensor, seed: int, epoch: int = 0) -> torch.Tensor:
     Drawn on the CPU from a generator seeded by (seed, epoch), so the result does not depend on the
     device; it is returned on the images' device.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = stream(seed, "binarization", epoch)
     probs = images.cpu().float().div_(255)
     return torch.bernoulli(probs, generator=generator).to(torch.uint8).to(images.device)
 

@@ -12,6 +12,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from shared.rng import stream
+
 
 @dataclass
 class Split:
@@ -43,8 +45,7 @@ class Split:
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The shuffle of one epoch, a function of (seed, epoch) alone, so a resumed run replays it exactly."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
+    return torch.randperm(n, generator=stream(seed, "epoch order", epoch)).to(device)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from shared.data.tensors import Split
+from shared.rng import stream
 
 TEST_SEED = 20_140_624  # the one draw of the translated/cluttered test sets, shared by every run
 
@@ -27,7 +28,7 @@ def place(split: Split, canvas: int, clutter: int = 0, fragment: int = 8, seed: 
         raise ValueError(f"canvas {canvas} is smaller than the {h}x{w} digits")
     if clutter and not 0 < fragment <= min(h, w):
         raise ValueError(f"clutter fragments must be 1..{min(h, w)} pixels wide, got {fragment}")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = stream(seed, "canvas", epoch)
     out = torch.zeros(n, canvas, canvas, dtype=torch.uint8)
     rows_n = torch.arange(n)[:, None, None]
     for _ in range(clutter):  # clutter first: the digit is pasted over it with a max, so it stays whole
