@@ -2,7 +2,7 @@
 and the `pixlab bench train` rows of the VAE, DCGAN and PixelCNN (shared/cli/bench.py says how those are timed).
 
 Both samplers draw one batch of binary 28x28 images from a PixelCNN and a Gated PixelCNN of the default
-config's size (generative/pixelcnn.py, ModelConfig), at their random initialisation: the time per forward
+config's size (generative/pixelcnn.py, PixelCNNModelConfig), at their random initialisation: the time per forward
 pass does not depend on the weights' values. Each sampler is timed once, end to end, and the two batches
 are compared sub-pixel by sub-pixel.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from generative.dcgan import build_networks, to_tanh_range
-from generative.pixelcnn import ModelConfig, build_model, nll_nats
+from generative.pixelcnn import PixelCNNModelConfig, build_model, nll_nats
 from generative.sampling import sample
 from generative.vae import VAE, elbo_terms
 from shared.data.binarize import binarize
@@ -31,7 +31,7 @@ def bench_pixelcnn(batch_size: int = 16, image_size: int = 28, device: str = "au
     shape = (1, image_size, image_size)
     results = []
     for kind in ("pixelcnn", "gated"):
-        cfg = ModelConfig(kind=kind)
+        cfg = PixelCNNModelConfig(kind=kind)
         torch.manual_seed(seed)
         model = build_model(cfg, channels=1, levels=2, num_classes=10).to(target)
         timings, images = {}, {}

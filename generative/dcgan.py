@@ -46,7 +46,7 @@ from shared.train.optim import OptimConfig, make_optimizer
 
 
 @dataclass
-class DataConfig:
+class DCGANDataConfig:
     name: Literal["mnist", "cifar10"] = "mnist"
     root: Optional[str] = None  # folder holding <name>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
     download: bool = True
@@ -54,14 +54,14 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class DCGANModelConfig:
     latent_dim: int = 100  # the paper's 100-dimensional uniform z; we draw it from N(0, I) as dcgan.torch does
     generator_width: int = 64  # channels at the generator's finest hidden layer (the paper's Figure 1: 128)
     discriminator_width: int = 64
 
 
 @dataclass
-class TrainConfig:
+class DCGANTrainConfig:
     epochs: int = 5
     batch_size: int = 128  # the paper's mini-batch size
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
@@ -70,11 +70,11 @@ class TrainConfig:
 @dataclass
 class DCGANConfig(RunConfig):
     algo: str = "dcgan"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DCGANDataConfig = field(default_factory=DCGANDataConfig)
+    model: DCGANModelConfig = field(default_factory=DCGANModelConfig)
     # The paper: Adam, lr 0.0002 (0.001 was too high), beta1 0.5 (0.9 oscillated and was unstable).
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999]))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: DCGANTrainConfig = field(default_factory=DCGANTrainConfig)
     samples: int = 64  # the fixed-noise sample grid drawn every epoch
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)

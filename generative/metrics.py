@@ -289,7 +289,7 @@ def cached_classifier(cfg: MetricsConfig, data_root: Optional[str], device: torc
 
 def classifier_recipe(cfg: MetricsConfig, data_root: Optional[str], device: torch.device):
     """The classify config that trains the cached LeNet-5: configs/classify/lenet5_mnist.yaml, fewer epochs."""
-    from shared.classify import ClassifyConfig, DataConfig, ModelConfig, TrainConfig
+    from shared.classify import ClassifyConfig, ClassifyDataConfig, ClassifyModelConfig, ClassifyTrainConfig
     from shared.config import CheckpointConfig, TrackingConfig
     from shared.train.optim import OptimConfig, ScheduleConfig
 
@@ -297,11 +297,11 @@ def classifier_recipe(cfg: MetricsConfig, data_root: Optional[str], device: torc
         name="lenet5-mnist-fid",
         seed=0,
         device=device.type,
-        data=DataConfig(name="mnist", root=data_root, pad=2),
-        model=ModelConfig(name="lenet5"),
+        data=ClassifyDataConfig(name="mnist", root=data_root, pad=2),
+        model=ClassifyModelConfig(name="lenet5"),
         optim=OptimConfig(name="adamw", lr=0.002, weight_decay=0.2),
         schedule=ScheduleConfig(name="cosine"),
-        train=TrainConfig(epochs=cfg.classifier_epochs, batch_size=128, max_steps=cfg.classifier_max_steps),
+        train=ClassifyTrainConfig(epochs=cfg.classifier_epochs, batch_size=128, max_steps=cfg.classifier_max_steps),
         tracking=TrackingConfig(wandb="disabled", log_every=100),
         checkpoint=CheckpointConfig(every=10**9, keep_last=1),
     )

@@ -322,14 +322,14 @@ def bits_per_dim(nats_per_image: float, dims: int) -> float:
 
 # ------------------------------------------------------------------------------------------- config
 @dataclass
-class DataConfig:
+class PixelCNNDataConfig:
     name: Literal["binarized_mnist", "mnist", "cifar10", "digits"] = "binarized_mnist"
     root: Optional[str] = None  # folder holding <dataset>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
     download: bool = True  # fetch missing files from the dataset's mirrors
 
 
 @dataclass
-class ModelConfig:
+class PixelCNNModelConfig:
     kind: Literal["pixelcnn", "gated"] = "pixelcnn"
     hidden: int = (
         32  # pixelcnn: h, the residual stream is 2h wide; gated: p, each stack's width. A multiple of 3 for colour
@@ -342,7 +342,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class PixelCNNTrainConfig:
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int = 500
@@ -359,11 +359,11 @@ class SampleConfig:
 @dataclass
 class PixelCNNConfig(RunConfig):
     algo: str = "pixelcnn"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: PixelCNNDataConfig = field(default_factory=PixelCNNDataConfig)
+    model: PixelCNNModelConfig = field(default_factory=PixelCNNModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PixelCNNTrainConfig = field(default_factory=PixelCNNTrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
 
@@ -414,7 +414,7 @@ class PixelCNNConfig(RunConfig):
         )
 
 
-def build_model(cfg: ModelConfig, channels: int, levels: int, num_classes: int) -> nn.Module:
+def build_model(cfg: PixelCNNModelConfig, channels: int, levels: int, num_classes: int) -> nn.Module:
     sizes = dict(
         hidden=cfg.hidden,
         layers=cfg.layers,

@@ -56,7 +56,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass
-class DataConfig:
+class VAEDataConfig:
     name: Literal["mnist", "cifar10"] = "mnist"
     root: Optional[str] = None  # folder holding <name>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
     download: bool = True
@@ -64,13 +64,13 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class VAEModelConfig:
     latent_dim: int = 32
     width: int = 32  # channels of the first conv (the second has twice as many)
 
 
 @dataclass
-class TrainConfig:
+class VAETrainConfig:
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 1000
@@ -79,7 +79,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class VAEEvalConfig:
     iwae_k: int = 5000  # importance samples per test image (Burda et al. 2016 report NLL with k = 5000)
     test_images: Optional[int] = None  # score the first N test images with the IWAE bound; null: all of them
     chunk: int = 8192  # latents decoded in one forward while computing the IWAE bound
@@ -98,12 +98,12 @@ class MediaConfig:
 @dataclass
 class VAEConfig(RunConfig):
     algo: str = "vae"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: VAEDataConfig = field(default_factory=VAEDataConfig)
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)

@@ -73,7 +73,7 @@ def bench_dqn(
 
 
 def _config(steps: int, learning_starts: int, buffer_size: int, seed: int, compile: bool):
-    from rl.dqn import AgentConfig, DQNConfig
+    from rl.dqn import DQNAgentConfig, DQNConfig
     from rl.envs import EnvConfig
     from rl.evaluate import EvalConfig
 
@@ -83,7 +83,9 @@ def _config(steps: int, learning_starts: int, buffer_size: int, seed: int, compi
         device="cpu",
         total_steps=steps,
         env=EnvConfig(id="ALE/Pong-v5", num_envs=1),
-        agent=replace(AgentConfig(), buffer_size=buffer_size, learning_starts=learning_starts, eps_decay_steps=steps),
+        agent=replace(
+            DQNAgentConfig(), buffer_size=buffer_size, learning_starts=learning_starts, eps_decay_steps=steps
+        ),
         eval=EvalConfig(every=0, episodes=1, num_envs=1, max_episode_frames=400, video=False),
         tracking=TrackingConfig(wandb="disabled", log_every=WARMUP),
         checkpoint=CheckpointConfig(every=10 * steps, keep_last=1),

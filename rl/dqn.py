@@ -42,7 +42,7 @@ from shared.train.optim import OptimConfig, make_optimizer
 
 
 @dataclass
-class AgentConfig:
+class DQNAgentConfig:
     buffer_size: int = 1_000_000
     batch_size: int = 32
     gamma: float = 0.99
@@ -69,7 +69,7 @@ class DQNConfig(RunConfig):
     algo: str = "dqn"
     total_steps: int = 10_000_000  # agent steps, summed over environments
     env: EnvConfig = field(default_factory=EnvConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    agent: DQNAgentConfig = field(default_factory=DQNAgentConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-4, eps=1e-8))
     eval: EvalConfig = field(default_factory=EvalConfig)
     # channels_last: +22% train steps/s for the Nature CNN on 2 CPU cores; compile helped the step alone
@@ -238,7 +238,7 @@ def train(cfg: DQNConfig, run: Run) -> None:
     )
 
 
-def td_loss(q: nn.Module, target: nn.Module, batch, as_input, a: AgentConfig, device: torch.device):
+def td_loss(q: nn.Module, target: nn.Module, batch, as_input, a: DQNAgentConfig, device: torch.device):
     """Huber (or squared) TD error of Q(s, a) against r^(n) + gamma^n Q_target(s', argmax), weighted for PER."""
     actions = torch.from_numpy(batch.actions).to(device=device, dtype=torch.int64)
     returns = torch.from_numpy(batch.returns).to(device)

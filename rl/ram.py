@@ -56,7 +56,7 @@ class TaskConfig:
 
 
 @dataclass
-class TrainConfig:
+class RAMTrainConfig:
     epochs: int = 30
     batch_size: int = 64
     eval_batch_size: int = 1000
@@ -73,7 +73,7 @@ class RAMConfig(RunConfig):
     model: GlimpseConfig = field(default_factory=GlimpseConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: RAMTrainConfig = field(default_factory=RAMTrainConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ class PolicyConfig:
 
 
 @dataclass
-class AgentConfig:
+class ReinforceAgentConfig:
     gamma: float = 0.99
     batch_episodes: int = 10  # episodes per update
     baseline: Literal["value", "mean", "none"] = "value"
@@ -88,7 +88,7 @@ class ReinforceConfig(RunConfig):
     total_steps: int = 1_000_000
     env: EnvConfig = field(default_factory=lambda: EnvConfig(id="CartPole-v1", num_envs=8))
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
+    agent: ReinforceAgentConfig = field(default_factory=ReinforceAgentConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=1e-3))
     eval: PlayConfig = field(default_factory=PlayConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
@@ -228,7 +228,7 @@ class Player:
         env,
         policy: nn.Module,
         env_cfg: EnvConfig,
-        agent: AgentConfig,
+        agent: ReinforceAgentConfig,
         action_set,
         device,
         seed: int,

@@ -41,7 +41,7 @@ from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optim
 
 
 @dataclass
-class DataConfig:
+class ClassifyDataConfig:
     name: Literal["mnist", "digits", "cifar10"] = "mnist"
     root: Optional[str] = None  # folder holding <name>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
     download: bool = True  # fetch missing files from the dataset's mirrors
@@ -51,7 +51,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ClassifyModelConfig:
     name: str = "lenet5"
     init_from: Optional[str] = (
         None  # a run folder (its latest checkpoint) or a checkpoint file: start from its weights, head excluded
@@ -60,7 +60,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class ClassifyTrainConfig:
     epochs: int = 10
     batch_size: int = 128  # the global batch, split across processes under torchrun
     eval_batch_size: int = 1000
@@ -72,11 +72,11 @@ class TrainConfig:
 @dataclass
 class ClassifyConfig(RunConfig):
     algo: str = "classify"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    model: ClassifyModelConfig = field(default_factory=ClassifyModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self) -> None:

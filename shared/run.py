@@ -347,6 +347,7 @@ def _make_folder(cfg: Any, meta: dict) -> tuple[Path, RunLock]:
     staging, lock = temporary_name(base), None
     try:
         root.mkdir(parents=True, exist_ok=True)
+        _remove_dead_stagings(root)
         (staging / "checkpoints").mkdir(parents=True)
         (staging / "media").mkdir()
         lock = RunLock(staging)
@@ -370,6 +371,25 @@ def _make_folder(cfg: Any, meta: dict) -> tuple[Path, RunLock]:
             raise RunFolderError(f"cannot make a run folder in runs_dir={str(root)!r}: {e.strerror or e}") from None
         raise
     return directory, lock
+
+
+def _remove_dead_stagings(root: Path) -> None:
+    """Delete the half-made run folders (`.<stamp>-<name>.tmp-<pid>`) of processes killed while making them."""
+    for staging in root.glob(".*.tmp-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        if staging.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+            print(f"pixlab: removed {staging}, a run folder whose making was cut short by a kill", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _read_meta(directory: Path) -> dict:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from conftest import CONFIGS, only_run_dir, run_cli
 from wandb_records import offline_run
 
-from rl.dqn import AgentConfig, td_loss
+from rl.dqn import DQNAgentConfig, td_loss
 from rl.envs import EnvConfig, TrainingSignal, atari_game
 from rl.evaluate import EvalConfig, evaluate_policy, human_normalized
 from rl.replay import FrameReplay, ReplayBatch
@@ -72,7 +72,7 @@ Q_TAKEN = [2.0, 0.0, 1.0, -1.0]  # ONLINE[s][a]: s0 a1, s1 a0, s0 a0, s1 a1
 
 def loss_of(batch: ReplayBatch, **agent) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module, nn.Module]:
     q, target = table_q(ONLINE), table_q(TARGET)  # the target is not frozen here: td_loss itself stops its gradient
-    loss, td, q_taken = td_loss(q, target, batch, flat, AgentConfig(gamma=0.5, **agent), torch.device("cpu"))
+    loss, td, q_taken = td_loss(q, target, batch, flat, DQNAgentConfig(gamma=0.5, **agent), torch.device("cpu"))
     return loss, td, q_taken, q, target
 
 
@@ -148,7 +148,7 @@ def test_td_loss_on_a_replay_of_hand_written_episodes():
         q.weight.zero_()
         target.weight.copy_(torch.stack([torch.arange(8.0), torch.zeros(8)]))
     batch = replay.sample(64)
-    loss, td, _ = td_loss(q, target, batch, flat, AgentConfig(gamma=0.5, n_step=3), torch.device("cpu"))
+    loss, td, _ = td_loss(q, target, batch, flat, DQNAgentConfig(gamma=0.5, n_step=3), torch.device("cpu"))
     assert set(batch.indices.tolist()) == set(expected)
     assert td.tolist() == [expected[i] for i in batch.indices.tolist()]
     assert loss.item() == pytest.approx(np.mean([expected[i] - 0.5 for i in batch.indices.tolist()]))  # Huber, |td| > 1

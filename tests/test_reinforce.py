@@ -14,7 +14,15 @@ from conftest import CONFIGS, only_run_dir, run_cli
 from wandb_records import offline_run
 
 from rl.envs import EnvConfig, make_vec_env
-from rl.reinforce import AgentConfig, Player, ReinforceConfig, advantages, build_policy, pad_episodes, reward_to_go
+from rl.reinforce import (
+    Player,
+    ReinforceAgentConfig,
+    ReinforceConfig,
+    advantages,
+    build_policy,
+    pad_episodes,
+    reward_to_go,
+)
 from shared.errors import ConfigError
 from shared.models.glimpse import GlimpseAgent, GlimpseConfig
 from shared.tracking import read_metrics
@@ -54,7 +62,7 @@ class Scripted(torch.nn.Module):
 def test_player_hands_back_whole_episodes_with_their_steps():
     cfg = EnvConfig(id="CartPole-v1", num_envs=3)
     env = make_vec_env(cfg)
-    player = Player(env, Scripted(), cfg, AgentConfig(), None, torch.device("cpu"), seed=0)
+    player = Player(env, Scripted(), cfg, ReinforceAgentConfig(), None, torch.device("cpu"), seed=0)
     episodes, taken = player.play(5)
     assert len(episodes) >= 5 and taken % 3 == 0
     for ep in episodes:
@@ -85,7 +93,7 @@ class ScriptedPong:
 
 @pytest.mark.parametrize("rule", [True, False])
 def test_karpathy_return_rule_cuts_at_each_point(rule):
-    agent = AgentConfig(gamma=0.99, reset_return_on_reward=rule)
+    agent = ReinforceAgentConfig(gamma=0.99, reset_return_on_reward=rule)
     player = Player(
         ScriptedPong(), Scripted(), EnvConfig(id="ALE/Pong-v5", clip_rewards=False), agent, None, torch.device("cpu"), 0
     )

@@ -6,6 +6,7 @@ trouble, one writer per run, evaluation with the wrong checkpoint; then the faul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,6 +19,7 @@ import torch
 from conftest import CONFIGS, REPO
 
 import shared.classify  # noqa: F401  (registers algo: classify)
+import shared.config
 import shared.data.files
 import shared.run
 from shared.atomic import atomic_torch_save
@@ -114,6 +116,17 @@ def test_a_kill_before_meta_json_leaves_no_run_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_run(tmp_path)
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_new_run_removes_the_half_made_folders_of_dead_processes(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    dead = runs / f".20261201-120000-x.tmp-{2**22 + 1}"  # above Linux's largest pid_max: no such process can exist
+    alive = runs / f".20261201-120000-y.tmp-{os.getpid()}"  # this process: still making it
+    for folder in (dead, alive):
+        (folder / "checkpoints").mkdir(parents=True)
+    status, _ = train_tiny(tmp_path)
+    assert status == 0 and not dead.exists() and alive.exists()
+    assert f"pixlab: removed {dead}, a run folder whose making was cut short by a kill" in capsys.readouterr().err
 
 
 def test_resume_removes_temporaries_a_kill_left(tmp_path, capsys):
@@ -324,6 +337,20 @@ def test_eval_of_another_algorithms_checkpoint_says_what_was_expected(tmp_path, 
         f"{last} is not a classify checkpoint of {run_dir / 'config.yaml'}: it has no 'model' state (it holds q)"
         in capsys.readouterr().err
     )
+
+
+def test_eval_whose_metrics_are_not_finite_exits_1_naming_them(tmp_path, capsys, monkeypatch):
+    status, run_dir = train_tiny(tmp_path)
+    assert status == 0
+    capsys.readouterr()
+    nan_loss = dataclasses.replace(
+        shared.config.ALGORITHMS["classify"], evaluate=lambda cfg, checkpoint: {"test/loss": float("nan")}
+    )
+    monkeypatch.setitem(shared.config.ALGORITHMS, "classify", nan_loss)
+    assert main(["eval", str(run_dir)]) == 1
+    captured = capsys.readouterr()
+    assert '"test/loss": NaN' in captured.out  # still printed: the user sees what was measured
+    assert f"pixlab: error: test/loss of {latest_checkpoint(run_dir)} not finite" in captured.err
 
 
 def test_eval_with_another_architecture_says_what_was_expected(tmp_path, capsys):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -261,6 +262,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{' '.join(str(e).split())[:300]}"
         ) from None
     print(json.dumps({"checkpoint": str(path)} | metrics, indent=2))
+    broken = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if broken:  # the same rule as in training: a NaN or inf is a failure, not a result
+        print(f"pixlab: error: {', '.join(broken)} of {path} not finite", file=sys.stderr)
+        return 1
     return 0
 
 
