@@ -259,7 +259,6 @@ def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "dcgan",
     DCGANConfig,
     train,
     evaluate,

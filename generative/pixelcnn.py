@@ -576,7 +576,6 @@ def evaluate(cfg: PixelCNNConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "pixelcnn",
     PixelCNNConfig,
     train,
     evaluate,

@@ -481,7 +481,6 @@ def log_media(cfg: VAEConfig, run: Run, vae: VAE, data: VAEData, step: int) -> N
 
 
 register(
-    "vae",
     VAEConfig,
     train,
     evaluate,

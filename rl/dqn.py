@@ -304,7 +304,6 @@ def evaluate_checkpoint(cfg: DQNConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "dqn",
     DQNConfig,
     train,
     evaluate_checkpoint,

@@ -310,7 +310,6 @@ def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "ram",
     RAMConfig,
     train,
     evaluate,

@@ -501,7 +501,6 @@ def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "reinforce",
     ReinforceConfig,
     train,
     evaluate,

@@ -296,7 +296,6 @@ def evaluate(cfg: ClassifyConfig, checkpoint: dict) -> dict:
 
 
 register(
-    "classify",
     ClassifyConfig,
     train,
     evaluate,

@@ -129,10 +129,10 @@ def check_keys(node: dict, valid: Sequence[str], source: str, prefix: str) -> No
             )
 
 
-# The registry. An algorithm is one file that ends with one `register(...)` call: its `algo:` name, its
-# config class and entry points, and what `pixlab report`, `pixlab reproduce` and the W&B workspace need
-# to show its runs (its metrics with their goal and unit, and what its `step` counts). Nothing else in
-# the tree names an algorithm; shared/cli/__init__.py finds the files that call `register` (import_algorithms).
+# The registry. An algorithm is one file that ends with one `register(...)` call: its config class (whose
+# `algo` default is the algorithm's name, written nowhere else), its entry points, and what `pixlab report`,
+# `pixlab reproduce` and the W&B workspace need to show its runs (its metrics with their goal and unit, and
+# what its `step` counts). shared/cli/__init__.py finds the files that call `register` (import_algorithms).
 GOALS = ("minimize", "maximize")
 
 
@@ -176,7 +176,6 @@ ALGORITHMS: dict[str, Algorithm] = {}
 
 
 def register(
-    name: str,
     config: type,
     train: Callable,
     evaluate: Optional[Callable] = None,
@@ -185,7 +184,8 @@ def register(
     step_unit: str = "optimizer steps",
     media: Sequence[str] = (),
 ) -> Algorithm:
-    """Make `algo: name` in a config file mean this config class and these functions.
+    """Make `algo: <name>` in a config file mean this config class and these functions; the name is the default
+    of the class's own `algo` field, the one place it is written.
 
     `metrics` are the keyword arguments of a `Metric` each, in order of preference: `pixlab report` judges
     the runs by the first one with a goal that some run logged (an algorithm that evaluates only now and
@@ -194,6 +194,9 @@ def register(
     """
     if not (dataclasses.is_dataclass(config) and issubclass(config, RunConfig)):
         raise TypeError(f"{config!r} must be a dataclass subclassing RunConfig")
+    name = next(f.default for f in dataclasses.fields(config) if f.name == "algo")
+    if not name:
+        raise TypeError(f"{config.__name__} must name its algorithm: algo: str = '<name>'")
     described = tuple(Metric(**m) for m in metrics)
     for m in described:
         if m.goal not in (*GOALS, None):

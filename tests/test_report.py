@@ -221,7 +221,12 @@ def test_the_cli_finds_the_modules_that_call_register_at_their_top_level(tmp_pat
 
 @dataclass
 class ToyConfig(RunConfig):
-    pass
+    algo: str = "toy"
+
+
+@dataclass
+class BrokenConfig(RunConfig):
+    algo: str = "broken"
 
 
 @pytest.fixture
@@ -229,7 +234,6 @@ def toy_algorithm():
     """An algorithm registered by this test alone; the registry is restored afterwards."""
     before = dict(ALGORITHMS)
     yield register(
-        "toy",
         ToyConfig,
         lambda cfg, run: None,
         metrics=[
@@ -293,8 +297,14 @@ def test_a_toy_algorithm_registered_in_a_test_gets_its_report_defaults_and_works
 )
 def test_register_refuses_metrics_report_could_not_use(metrics, message):
     with pytest.raises(TypeError, match=message):
-        register("broken", RunConfig, lambda cfg, run: None, metrics=metrics)
+        register(BrokenConfig, lambda cfg, run: None, metrics=metrics)
     assert "broken" not in ALGORITHMS
+
+
+def test_register_takes_the_name_from_the_config_class_and_refuses_a_class_without_one():
+    with pytest.raises(TypeError, match="RunConfig must name its algorithm: algo: str = '<name>'"):
+        register(RunConfig, lambda cfg, run: None, metrics=[{"name": "train/loss", "goal": "minimize"}])
+    assert "" not in ALGORITHMS
 
 
 def test_the_wandb_workspace_file_is_the_one_the_registry_generates(tmp_path, capsys):
