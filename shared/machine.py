@@ -28,7 +28,7 @@ def describe_machine(device: Optional[torch.device] = None) -> dict:
     """{cpu, isa: {avx2, avx512f, avx512_bf16, amx}, cpu_capability, cores, threads, torch, device[, gpu]}."""
     description = {
         "cpu": cpu_model(),
-        "isa": {flag: _probe(name) for flag, name in ISA_PROBES.items()},
+        "isa": cpu_isa(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernel set torch dispatches to
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -38,6 +38,11 @@ def describe_machine(device: Optional[torch.device] = None) -> dict:
     if device is not None and device.type == "cuda":
         description["gpu"] = torch.cuda.get_device_name(device)
     return description
+
+
+def cpu_isa() -> dict:
+    """{avx2, avx512f, avx512_bf16, amx}: True or False as torch sees this CPU, None where torch cannot tell."""
+    return {flag: _probe(name) for flag, name in ISA_PROBES.items()}
 
 
 def cpu_model() -> str:

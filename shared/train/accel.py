@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from shared.errors import ConfigError
+from shared.machine import cpu_isa
 
 
 @dataclass
@@ -40,9 +41,9 @@ class AccelConfig:
 
 
 def cpu_has_bf16_matrix_units() -> bool:
-    """Whether torch reports AMX tiles or AVX-512 BF16 on this CPU (private probes: older torch lacks them)."""
-    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(probe is not None and probe() for probe in probes)
+    """Whether torch reports AMX tiles or AVX-512 BF16 on this CPU (an older torch that cannot tell: no)."""
+    isa = cpu_isa()
+    return bool(isa["amx"] or isa["avx512_bf16"])
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
