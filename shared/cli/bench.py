@@ -26,7 +26,6 @@ import importlib
 import statistics
 import sys
 import tempfile
-import time
 from typing import Callable, Iterable, Iterator, Sequence
 from unittest import mock
 
@@ -42,7 +41,7 @@ from shared.models import build_model
 from shared.run import Run
 from shared.tracking import read_metrics
 from shared.train.accel import resolve_precision
-from shared.train.device import select_device, synchronize
+from shared.train.device import select_device
 from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
 
 # model -> (dataset it stands for, image shape, pad, number of images, timed steps)
@@ -143,12 +142,7 @@ def _dataloader_batches(data: ImageData, batch_size: int, device: torch.device) 
 
 def _batches_per_s(batches: Iterator[tuple], steps: int, device: torch.device) -> float:
     next(batches)  # the first batch builds the iterator (and the DataLoader's float copy)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(batches)
-    synchronize(device)
-    return steps / (time.perf_counter() - start)
+    return steps / timed_loop(lambda: next(batches), device)(steps)
 
 
 def _loop(model: nn.Module, batches: Iterator[tuple], device: torch.device) -> Callable[[int], float]:
@@ -156,19 +150,14 @@ def _loop(model: nn.Module, batches: Iterator[tuple], device: torch.device) -> C
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
 
-    def run(steps: int) -> float:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            x, y = next(batches)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        synchronize(device)
-        return time.perf_counter() - start
+    def step() -> None:
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-    return run
+    return timed_loop(step, device)
 
 
 def format_table(report: dict) -> str:
