@@ -23,9 +23,6 @@ counts only the steps that run the forward: the exploring ones skip it (rl/evalu
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import tempfile
 import time
 from dataclasses import replace
 
@@ -36,9 +33,7 @@ from shared.config import CheckpointConfig, TrackingConfig
 from shared.data.tensors import ImageData
 from shared.errors import ConfigError
 from shared.machine import describe_machine, format_machine
-from shared.run import Run
-from shared.tracking import read_metrics
-from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
+from shared.train.reference import TrainCase, plain_batches, plain_optimizer, throwaway_run, timed_loop
 
 WARMUP = 250  # agent steps after learning_starts left out of both timings (allocations; compile, if on)
 PART_CALLS = {"env_step": 200, "act": 200, "replay_write": 200, "replay_sample": 50, "train_step": 30}  # timed calls
@@ -98,11 +93,7 @@ def _ours(cfg) -> dict:
     from shared.train.accel import resolve_precision
 
     log_every, learning_starts = cfg.tracking.log_every, cfg.agent.learning_starts
-    with tempfile.TemporaryDirectory() as folder:
-        cfg.runs_dir = folder
-        with Run.create(cfg, argv=["pixlab", "bench", "dqn"]) as run, contextlib.redirect_stdout(sys.stderr):
-            train(cfg, run)  # its closing line goes to stderr: stdout carries the report alone
-        records = read_metrics(run.dir / "metrics.jsonl")
+    records = throwaway_run(cfg, train, ["pixlab", "bench", "dqn"])
     # Log windows that lie wholly after the warm-up: the learning phase.
     learning = [r for r in records if "train/steps_per_s" in r and r["step"] - log_every >= learning_starts + WARMUP]
     seconds = sum(log_every / r["train/steps_per_s"] for r in learning)

@@ -20,12 +20,9 @@ isolates the data path, which `bench train` measures only as part of the whole.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import statistics
-import sys
-import tempfile
 from typing import Callable, Iterable, Iterator, Sequence
 from unittest import mock
 
@@ -38,11 +35,9 @@ from shared.config import ALGORITHMS, REPO, load_config
 from shared.data.tensors import ImageData, Split, epoch_order
 from shared.machine import describe_machine, format_machine
 from shared.models import build_model
-from shared.run import Run
-from shared.tracking import read_metrics
 from shared.train.accel import resolve_precision
 from shared.train.device import select_device
-from shared.train.reference import TrainCase, plain_batches, plain_optimizer, timed_loop
+from shared.train.reference import TrainCase, plain_batches, plain_optimizer, throwaway_run, timed_loop
 
 # model -> (dataset it stands for, image shape, pad, number of images, timed steps)
 CASES = {
@@ -280,17 +275,9 @@ def _bench_overrides(case: TrainCase, device: torch.device, steps: int) -> list[
 def _trainer_images_per_s(case: TrainCase, cfg, device: torch.device, data: ImageData) -> float:
     """One run of the case's trainer on the synthetic data -> its median logged images/s after the first window."""
     module = importlib.import_module(case.module)
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        mock.patch.object(module, "load_dataset", lambda *args, **kwargs: data),
-    ):
-        cfg.runs_dir = folder
-        with (
-            Run.create(cfg, argv=["pixlab", "bench", "train", case.model]) as run,
-            contextlib.redirect_stdout(sys.stderr),
-        ):
-            ALGORITHMS[cfg.algo].train(cfg, run)
-        rates = [r["train/images_per_s"] for r in read_metrics(run.dir / "metrics.jsonl") if "train/images_per_s" in r]
+    with mock.patch.object(module, "load_dataset", lambda *args, **kwargs: data):
+        records = throwaway_run(cfg, ALGORITHMS[cfg.algo].train, ["pixlab", "bench", "train", case.model])
+    rates = [r["train/images_per_s"] for r in records if "train/images_per_s" in r]
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 

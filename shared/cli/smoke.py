@@ -17,11 +17,9 @@ median of the windows after the first (which holds compilation and the first all
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from typing import Sequence
@@ -30,10 +28,9 @@ import torch
 
 from shared.config import ALGORITHMS, REPO, load_config
 from shared.machine import describe_machine, format_machine
-from shared.run import Run
-from shared.tracking import read_metrics
 from shared.train.accel import resolve_precision
 from shared.train.device import select_device
+from shared.train.reference import throwaway_run
 
 SNAPSHOT_EVERY = 10**9  # no checkpoints on the way: only the final save
 
@@ -121,14 +118,7 @@ def _run_one(name: str, device: torch.device, steps: int, compile: bool, extra: 
         accel = getattr(cfg, "accel", None)
         result["precision"] = "fp32 (no accel section)" if accel is None else resolve_precision(accel.precision, device)
         result["compile"] = bool(accel is not None and accel.compile)
-        with tempfile.TemporaryDirectory() as folder:
-            cfg.runs_dir = folder
-            with (
-                Run.create(cfg, argv=["pixlab", "bench", "smoke", name]) as run,
-                contextlib.redirect_stdout(sys.stderr),
-            ):
-                ALGORITHMS[name].train(cfg, run)
-            records = read_metrics(run.dir / "metrics.jsonl")
+        records = throwaway_run(cfg, ALGORITHMS[name].train, ["pixlab", "bench", "smoke", name])
         result["steps_per_s"] = round(_steps_per_s(records, cfg), 2)
         result["ok"] = True
     except Exception as e:  # any failure is this trainer's: report it and go on with the others

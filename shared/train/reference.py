@@ -7,6 +7,9 @@ so the trainers' floors never import the command that runs them.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -14,6 +17,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from shared.run import Run
+from shared.tracking import read_metrics
 from shared.train.device import synchronize
 
 
@@ -61,3 +66,13 @@ def plain_optimizer(parameters, cfg) -> torch.optim.Optimizer:
             parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
     raise ValueError(f"no plain optimizer for {cfg.name!r}")
+
+
+def throwaway_run(cfg, train: Callable, argv: list[str]) -> list[dict]:
+    """Train `cfg` in a temporary run folder, its printed lines sent to stderr (a bench's stdout carries its
+    report alone) -> the records of the run's metrics.jsonl."""
+    with tempfile.TemporaryDirectory() as folder:
+        cfg.runs_dir = folder
+        with Run.create(cfg, argv=argv) as run, contextlib.redirect_stdout(sys.stderr):
+            train(cfg, run)
+        return read_metrics(run.dir / "metrics.jsonl")
