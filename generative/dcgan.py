@@ -13,7 +13,9 @@ and LeakyReLU 0.2, N(0, 0.02) init). Each step, on a batch of real images x and 
 with BCE on logits, and Adam at lr 2e-4, beta1 0.5 for both (the paper's values, in the config). Images
 are scaled to [-1, 1], the range of the generator's tanh; MNIST is padded from 28x28 to 32x32 with black.
 
-A fixed batch of noise is decoded into a sample grid after every epoch (media/ and W&B). The samples'
+A fixed batch of noise is decoded into a sample grid after every epoch (media/ and W&B); at the end those
+grids become one animation of training (`media/training`, MP4 or GIF), and a strip interpolates the latent
+space between fixed pairs of z (`media/interpolations`). The samples'
 FID and Inception-Score analogue (generative/metrics.py: a LeNet-FID on MNIST) are scored after every
 epoch or at the end (`metrics.every`), on `metrics.num_samples` images, with the generator in eval mode
 (batch norm from its running statistics, so a sample does not depend on its batch). The epoch order
@@ -26,8 +28,10 @@ losses are taken in fp32 from the logits under any precision.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -36,6 +40,8 @@ from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
 from shared.config import RunConfig, register, require, require_positive
 from shared.data import ImageData, epoch_order, load_dataset
 from shared.errors import ConfigError
+from shared.figures import as_batch, image_grid_figure, render, titled_image
+from shared.media import write_video
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from shared.rng import stream
 from shared.run import Run
@@ -43,6 +49,9 @@ from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, make_optimizer
+
+EPOCHS_PER_SECOND = 2  # the pace of the training animation, one fixed-noise grid a frame
+INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 6, 9  # rows and columns of the interpolation strip
 
 
 @dataclass
@@ -217,6 +226,8 @@ def train(cfg: DCGANConfig, run: Run) -> None:
     summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if scorer is not None:
         summary |= scorer.reference(data)
+    log_training_animation(cfg, run, clock.step, clock.steps_per_epoch)
+    log_interpolations(cfg, run, generator, clock.step)
     run.summary(summary)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k.startswith("samples/"))
     print(f"{cfg.name}: {clock.step} steps; {scores}")
@@ -244,6 +255,62 @@ def end_of_epoch(
     return {"step": step} | metrics
 
 
+def training_frames(media: Path, last_step: int, steps_per_epoch: int, title: str) -> list[np.ndarray]:
+    """The fixed-noise grids in `media` (samples-<step>.png, one per epoch, those of earlier sessions of a resumed
+    run too) up to `last_step`, in order, each titled with its epoch: RGB frames (H, W, 3) uint8 of one size."""
+    from PIL import Image
+
+    grids = sorted((int(p.stem.rsplit("-", 1)[1]), p) for p in media.glob("samples-*.png"))
+    frames = []
+    for step, path in grids:
+        if step <= last_step:
+            rgb = np.asarray(Image.open(path).convert("RGB"))
+            frames.append(render(titled_image(rgb, f"{title}, epoch {step / steps_per_epoch:.3g}", f"step {step}")))
+    return frames
+
+
+def log_training_animation(cfg: DCGANConfig, run: Run, step: int, steps_per_epoch: int) -> None:
+    """The epochs' fixed-noise grids, one a frame, as `media/training` (MP4 or GIF in media/)."""
+    media = run.dir / "media"
+    frames = training_frames(media, step, steps_per_epoch, f"{cfg.name}: fixed-noise samples")
+    if frames:
+        run.log_video(
+            "media/training", write_video(frames, media / f"media_training-{step:09d}", EPOCHS_PER_SECOND), step
+        )
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (Shoemake 1985) between rows of start and end (P, D) at weights (S,) in [0, 1]
+    -> (P, S, D). Linear where the two are (nearly) parallel, where the arc is a line."""
+    w = weights.view(1, -1, 1)
+    a, b = start[:, None], end[:, None]
+    omega = torch.acos(F.cosine_similarity(start, end, dim=1).clamp(-1, 1)).view(-1, 1, 1)  # the angle between
+    arc = (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega).clamp_min(1e-7)
+    return torch.where(omega > 1e-4, arc, (1 - w) * a + w * b)
+
+
+@torch.no_grad()
+def log_interpolations(cfg: DCGANConfig, run: Run, generator: DCGANGenerator, step: int) -> None:
+    """Samples along the great circle between fixed pairs of z, as `media/interpolations`: spherical, not linear,
+    because a z ~ N(0, I) lies near the sphere of radius sqrt(latent_dim), which the generator learned, and a
+    straight line's midpoint falls well inside it (norm / sqrt(2)), where its samples fade (White 2016)."""
+    noise = stream(cfg.seed, "interpolation ends")
+    ends = torch.randn(2, INTERPOLATION_PAIRS, cfg.model.latent_dim, generator=noise).to(run.device)
+    weights = torch.linspace(0, 1, INTERPOLATION_STEPS, device=run.device)
+    path = slerp(ends[0], ends[1], weights).flatten(0, 1)  # (pairs * steps, latent_dim)
+    generator.eval()
+    images = generator(path).add(1).div(2)  # (pairs * steps, C, H, W) in [0, 1]
+    figure = image_grid_figure(
+        images,
+        f"{cfg.name}: spherical interpolation between fixed z pairs, step {step}",
+        columns=INTERPOLATION_STEPS,
+        column_titles=[f"t = {t:.3g}" for t in weights.tolist()],
+        row_labels=[f"pair {i + 1}" for i in range(INTERPOLATION_PAIRS)],
+        tile_px=max(64, 2 * images.shape[-1]),
+    )
+    run.log_images("media/interpolations", as_batch(render(figure)), step, nrow=1)
+
+
 def evaluate(cfg: DCGANConfig, checkpoint: dict) -> dict:
     """The FID and IS analogue of `metrics.num_samples` samples of the checkpoint's generator."""
     if cfg.metrics.network == "none":
@@ -268,5 +335,5 @@ register(
         {"name": "train/d_loss"},
         {"name": "train/g_loss"},
     ],
-    media=["samples"],
+    media=["samples", "media/training", "media/interpolations"],
 )

@@ -26,8 +26,11 @@ groups <= g (PixelRNN paper, section 3.4, Fig. 4).
 Metrics: the test negative log-likelihood in nats per image (`test/nll_nats`, the binarized-MNIST unit) and
 in bits per sub-pixel (`test/bits_per_dim` = nats / (C*H*W ln 2), the 8-bit unit), after every epoch and at
 the end; `train/loss` is the training NLL in the dataset's headline unit (nats per image for binarized
-MNIST, bits/dim otherwise). A grid of samples goes to media/ and W&B with each test metric, drawn from the
-same uniforms every time (`sample.seed`), with the cached sampler of generative/sampling.py.
+MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of samples drawn from the same
+uniforms every time (`sample.seed`) with the cached sampler of generative/sampling.py, a row per class when
+the model is class-conditional (`media/class_samples`, labelled), and completions of the first test images
+(`media/completions`): the top half given, the bottom half sampled `sample.completion_samples` times (the
+figure of both PixelCNN papers).
 
 Binarized MNIST is binarized afresh at every epoch from (seed, epoch) and scored on the fixed binary test
 set (shared/data/binarize.py). Each epoch's order and binarization depend on (seed, epoch) alone, so a run
@@ -47,8 +50,9 @@ from tqdm import tqdm
 
 from generative.sampling import Cursor, sample
 from shared.config import RunConfig, register, require, require_positive
-from shared.data import Split, epoch_order, load_dataset
+from shared.data import Split, class_names, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
+from shared.figures import as_batch, completion_figure, image_grid_figure, render
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
@@ -354,6 +358,8 @@ class PixelCNNTrainConfig:
 class SampleConfig:
     count: int = 64  # images in each logged grid (a conditional model draws count // classes per class)
     seed: int = 0  # the grid's uniforms: the same every time, so successive grids differ by the weights alone
+    completions: int = 8  # first test images whose bottom half is sampled given the top half (0: none)
+    completion_samples: int = 4  # completions drawn of each
 
 
 @dataclass
@@ -404,8 +410,10 @@ class PixelCNNConfig(RunConfig):
             "train.eval_batch_size",
             "optim.lr",
             "sample.count",
+            "sample.completion_samples",
             optional=("train.max_steps",),
         )
+        require(self.sample.completions >= 0, "sample.completions", "must be >= 0", self.sample.completions)
         require(
             self.schedule.name != "plateau",
             "schedule.name",
@@ -529,13 +537,26 @@ def headline_metric(data: Images) -> str:
 
 
 def score(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Images, step: int) -> dict:
-    """Log the test NLL and a grid of samples at `step`; return the test metrics."""
+    """Log the test NLL, a grid of samples and the completions at `step`; return the test metrics."""
     metrics = evaluate_nll(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
     run.log(metrics, step)
     grid = sample_grid(cfg, model, data)
-    run.log_images(
-        "samples", grid, step, nrow=len(grid) // data.num_classes if cfg.model.conditional else 8
-    )  # a row per class
+    if cfg.model.conditional:
+        per_class = len(grid) // data.num_classes
+        run.log_images("samples", grid, step, nrow=per_class)  # a row per class
+        names = class_names(cfg.data.name)
+        figure = image_grid_figure(
+            grid,
+            f"{cfg.name}: samples by class, step {step}",
+            columns=per_class,
+            row_labels=[f"class {names[c]}" for c in range(data.num_classes)],
+            tile_px=max(64, 2 * data.shape[2]),
+        )
+        run.log_images("media/class_samples", as_batch(render(figure)), step, nrow=1)
+    else:
+        run.log_images("samples", grid, step)
+    if cfg.sample.completions:
+        log_completions(cfg, run, model, data, step)
     return metrics
 
 
@@ -566,6 +587,37 @@ def sample_grid(cfg: PixelCNNConfig, model: nn.Module, data: Images) -> torch.Te
     return levels.float() / (data.levels - 1)
 
 
+def complete(
+    model: nn.Module, images: torch.Tensor, samples: int, seed: int, labels: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Pixel levels (N, C, H, W) -> `samples` completions of each, int64 (N, samples, C, H, W): the top H // 2
+    rows are the image's, unchanged, and the rest are drawn given them (labels (N,) for a conditional model)."""
+    n, channels, height, width = images.shape
+    given = images.long().repeat_interleave(samples, 0)
+    labels = labels.repeat_interleave(samples) if labels is not None else None
+    drawn = sample(model, n * samples, (channels, height, width), seed, labels, given=given, start_row=height // 2)
+    return drawn.view(n, samples, channels, height, width)
+
+
+def log_completions(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Images, step: int) -> None:
+    """The completion figure of the first `sample.completions` test images, drawn from the fixed `sample.seed`."""
+    n = min(cfg.sample.completions, len(data.test))
+    images, labels = data.test.images[:n], data.test.labels[:n]
+    done = complete(
+        model, images, cfg.sample.completion_samples, cfg.sample.seed, labels if cfg.model.conditional else None
+    )
+    height, scale = data.shape[1], data.levels - 1
+    names = class_names(cfg.data.name)
+    figure = completion_figure(
+        images.float() / scale,
+        done.float() / scale,
+        height // 2,
+        f"{cfg.name}: completions at step {step}, top {height // 2} of {height} rows given",
+        row_labels=[f"class {names[label]}" for label in labels.tolist()],
+    )
+    run.log_images("media/completions", as_batch(render(figure)), step, nrow=1)
+
+
 def evaluate(cfg: PixelCNNConfig, checkpoint: dict) -> dict:
     """Test NLL of the weights in `checkpoint`, in nats per image and bits per sub-pixel."""
     device = select_device(cfg.device)
@@ -584,5 +636,5 @@ register(
         {"name": "test/bits_per_dim", "goal": "minimize", "unit": "bits/dim"},
         {"name": "train/loss", "goal": "minimize", "unit": "nats/image"},
     ],
-    media=["samples"],
+    media=["samples", "media/completions", "media/class_samples"],
 )

@@ -2,6 +2,7 @@
 
     images = sample(model, count=64, shape=(1, 28, 28), seed=0)                # cached
     same = sample(model, count=64, shape=(1, 28, 28), seed=0, cached=False)    # naive, the reference
+    completed = sample(model, 8, (1, 28, 28), seed=0, given=images[:8], start_row=14)  # the top 14 rows kept
 
 Both visit the sub-pixels in raster order (row, column, then R -> G -> B) and draw each value from the
 model's distribution by inverse CDF against a uniform drawn up front from `seed`. The two samplers thus
@@ -17,6 +18,11 @@ computes each layer at the cursor's position only: O(layers) small matrix produc
 of O(layers * H * W). With colour a position is computed once per channel, over the sub-pixels drawn so
 far; the maps keep the last visit's values, which are final: no activation at (r, c) depends on the B
 sub-pixel of (r, c), the one still undrawn then (mask A gives it to no group, mask B keeps groups apart).
+
+Completion (`given`, `start_row`): the rows above `start_row` are copied from `given` and the rest drawn,
+each sub-pixel conditioned on the given rows as on the drawn ones. The naive sampler starts at `start_row`; the
+cached one still visits each given position once, to write its activations into the maps (a later position's
+window reads them), but draws nothing there. The uniforms are drawn for the whole canvas as before.
 
 A model takes part through its forward signature `model(images, labels, cursor)`: without a cursor it
 returns logits (B, K, C, H, W) for the whole image; with one, the logits at the cursor's position,
@@ -97,30 +103,44 @@ def sample(
     seed: int,
     labels: Optional[torch.Tensor] = None,
     cached: bool = True,
+    given: Optional[torch.Tensor] = None,
+    start_row: int = 0,
 ) -> torch.Tensor:
     """`count` images of `shape` (C, H, W) drawn from `model`: int64 (count, C, H, W) pixel levels.
 
     labels (count,) int64 for a class-conditional model, else None. The uniforms come from a CPU generator
     seeded by `seed`, so the images depend on (weights, seed, labels) alone, not on the device's RNG.
+    given (count, C, H, W) pixel levels with `start_row` > 0: a completion, whose rows < start_row are those
+    of `given`, unchanged, and whose rows >= start_row are drawn conditioned on them.
     """
     channels, height, width = shape
+    if not 0 <= start_row <= height:
+        raise ValueError(f"start_row={start_row} must be in 0..{height}, the rows of the image")
+    if start_row and (given is None or tuple(given.shape) != (count, *shape)):
+        raise ValueError(f"start_row={start_row} needs given images of shape {(count, *shape)}")
     device = next(model.parameters()).device
     uniforms = torch.rand(
         (count, channels, height, width), generator=torch.Generator().manual_seed(seed), dtype=torch.float64
     )
     uniforms = uniforms.to(device)
     canvas = torch.zeros(count, channels, height, width, dtype=torch.long, device=device)
+    if start_row:
+        canvas[:, :, :start_row] = given[:, :, :start_row].to(device)
     cursor = Cursor(height, width) if cached else None
     was_training = model.training
     model.eval()
-    for row in range(height):
+    for row in range(0 if cursor is not None else start_row, height):
+        drawn = row >= start_row
+        # A given position is visited once: its sub-pixels are all on the canvas already, so one visit computes
+        # every colour group's activations from all the inputs each may read, the maps' final values.
         for col in range(width):
-            for channel in range(channels):
+            for channel in range(channels if drawn else 1):
                 if cursor is None:
                     logits = model(canvas, labels)[:, :, channel, row, col]
                 else:
                     cursor.move(row, col)
                     logits = model(canvas, labels, cursor)[:, :, channel, 0, 0]
-                canvas[:, channel, row, col] = draw(logits, uniforms[:, channel, row, col])
+                if drawn:
+                    canvas[:, channel, row, col] = draw(logits, uniforms[:, channel, row, col])
     model.train(was_training)
     return canvas

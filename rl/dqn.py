@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rl.envs import EnvConfig, TrainingSignal, check_env, make_vec_env
-from rl.evaluate import EvalConfig, epsilon_greedy, evaluate_policy
+from rl.evaluate import EvalConfig, check_video, epsilon_greedy, evaluate_policy
 from rl.replay import FrameReplay
 from shared.config import RunConfig, register, require, require_positive
 from shared.models.mlp import MLPQNetwork
@@ -101,6 +101,7 @@ class DQNConfig(RunConfig):
             a.buffer_size,
         )
         require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
+        check_video(self.eval, self.env)
 
     def check(self) -> None:
         check_env(self.env)
@@ -261,11 +262,12 @@ def td_loss(q: nn.Module, target: nn.Module, batch, as_input, a: DQNAgentConfig,
 def evaluate(cfg: DQNConfig, q: nn.Module, run: Run, step: int) -> dict:
     q.eval()
     act = epsilon_greedy(q, run.device, q_num_actions(q), np.random.default_rng(cfg.seed + step))
-    video = run.dir / "media" / f"eval-{step:09d}.gif" if cfg.eval.video else None
+    video = run.dir / "media" / f"video-{step:09d}" if cfg.eval.video else None  # .mp4, or .gif without ffmpeg
     result = evaluate_policy(act, cfg.env, cfg.eval, seed=cfg.seed + 10_000 + step, video_path=video)
     q.train()
-    if video is not None and video.exists():
-        run.log_video("video", video, step)  # the stable W&B media key
+    written = result.pop("video", None)
+    if written is not None:
+        run.log_video("video", written, step)  # the stable W&B media key
     return result
 
 

@@ -81,46 +81,26 @@ def atari_game(env_id: str) -> str:
 def make_vec_env(cfg: EnvConfig, max_episode_frames: Optional[int] = None) -> gym.vector.VectorEnv:
     """N environments stepping together; observations (N, *obs_shape); autoreset on the step after an end."""
     if is_atari(cfg.id) and cfg.obs_type == "pixels" and cfg.preprocess == "karpathy":
-        from ale_py.vector_env import AtariVectorEnv
-
-        frames = AtariVectorEnv(
-            atari_game(cfg.id),
+        frames = _ale_vector_env(
+            cfg,
             cfg.num_envs,
-            repeat_action_probability=cfg.sticky_actions,
-            full_action_space=cfg.full_action_space,
-            frameskip=cfg.frame_skip,
+            max_episode_frames,
             img_height=210,
             img_width=160,
             grayscale=True,
             stack_num=2,  # the previous frame and this one
-            noop_max=cfg.noop_max,
-            max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
-            episodic_life=False,
-            reward_clipping=False,
-            use_fire_reset=True,
-            autoreset_mode="NextStep",
         )
         return DifferenceFrames(frames)
     if is_atari(cfg.id) and cfg.obs_type == "pixels":
-        from ale_py.vector_env import AtariVectorEnv
-
-        return AtariVectorEnv(
-            atari_game(cfg.id),
+        return _ale_vector_env(
+            cfg,
             cfg.num_envs,
-            repeat_action_probability=cfg.sticky_actions,
-            full_action_space=cfg.full_action_space,
-            frameskip=cfg.frame_skip,
+            max_episode_frames,
             maxpool=True,
             img_height=cfg.screen_size,
             img_width=cfg.screen_size,
             grayscale=True,
             stack_num=cfg.frame_stack,
-            noop_max=cfg.noop_max,
-            max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
-            episodic_life=False,  # life loss is a training signal (TrainingSignal), not a reset
-            reward_clipping=False,  # likewise: the env reports the game score
-            use_fire_reset=True,
-            autoreset_mode="NextStep",
         )
     if is_atari(cfg.id):
         import ale_py
@@ -137,6 +117,68 @@ def make_vec_env(cfg: EnvConfig, max_episode_frames: Optional[int] = None) -> gy
             max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
         )
     return gym.make_vec(cfg.id, num_envs=cfg.num_envs, vectorization_mode="sync")
+
+
+def _ale_vector_env(cfg: EnvConfig, num_envs: int, max_episode_frames: Optional[int], **image):
+    """ale-py's vector env with the settings that decide the game (ROM, no-ops, fire reset, frame skip, sticky
+    actions, episode cap) taken from `cfg`, and in `image` those that decide only the observation it returns."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        atari_game(cfg.id),
+        num_envs,
+        repeat_action_probability=cfg.sticky_actions,
+        full_action_space=cfg.full_action_space,
+        frameskip=cfg.frame_skip,
+        noop_max=cfg.noop_max,
+        max_num_frames_per_episode=max_episode_frames or cfg.max_episode_frames,
+        episodic_life=False,  # life loss is a training signal (TrainingSignal), not a reset
+        reward_clipping=False,  # likewise: the env reports the game score
+        use_fire_reset=True,
+        autoreset_mode="NextStep",
+        **image,
+    )
+
+
+class GameScreen:
+    """The full-colour screen, (210, 160, 3) uint8, of environment 0 of `make_vec_env(cfg, max_episode_frames)`
+    as it plays, for videos: what a person playing sees, the last emulator frame of each agent step.
+
+    ale-py's vector env keeps its emulators to itself, so for pixel pipelines a twin emulator plays along: reset
+    with the seed env 0 got and stepped with env 0's actions, it plays the same game frame for frame, since ALE is
+    deterministic given ROM, seed and actions, and the twin shares every setting that decides the game
+    (`_ale_vector_env`); only the image it returns differs. RAM pipelines are gymnasium's own envs, whose emulator
+    is read directly (`env` is read for those only). Call `reset(seed)` after the vector env's reset and
+    `step(action)` after each of its steps with the action env 0 took, until env 0's episode ends.
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, cfg: EnvConfig, max_episode_frames: Optional[int] = None) -> None:
+        if not is_atari(cfg.id):
+            raise ValueError(f"{cfg.id} is not an Atari game: it has no emulator screen")
+        self._twin = None
+        self._screen: Optional[np.ndarray] = None
+        if cfg.obs_type == "pixels":
+            self._twin = _ale_vector_env(
+                cfg, 1, max_episode_frames, img_height=210, img_width=160, grayscale=False, stack_num=1, maxpool=False
+            )
+        else:
+            self._ale = env.envs[0].unwrapped.ale
+
+    def reset(self, seed: int) -> None:
+        if self._twin is not None:
+            self._screen = self._twin.reset(seed=seed)[0][0, -1]
+
+    def step(self, action: int) -> None:
+        if self._twin is not None:
+            self._screen = self._twin.step(np.array([action]))[0][0, -1]
+
+    def rgb(self) -> np.ndarray:
+        """The screen now: (210, 160, 3) uint8."""
+        return self._ale.getScreenRGB() if self._twin is None else self._screen
+
+    def close(self) -> None:
+        if self._twin is not None:
+            self._twin.close()
 
 
 class DifferenceFrames(gym.vector.VectorObservationWrapper):

@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,6 +35,8 @@ from tqdm import tqdm
 from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, epoch_order, load_dataset
 from shared.data.translated import TEST_SEED, place
+from shared.figures import as_batch, glimpse_figure, glimpse_frames, render
+from shared.media import write_video
 from shared.models.glimpse import Core, GlimpseConfig, GlimpseNetwork, LocationPolicy, location_to_pixel
 from shared.rng import stream
 from shared.run import Run
@@ -43,6 +44,8 @@ from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+
+GLIMPSES_PER_SECOND = 1.5  # the pace of the glimpse animations: time to find each new glimpse on the digit
 
 
 @dataclass
@@ -63,7 +66,7 @@ class RAMTrainConfig:
     eval_samples: int = 10  # glimpse paths per test image whose log-probabilities are averaged
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
     grad_clip: Optional[float] = None
-    paths_to_plot: int = 8  # test images whose glimpse paths are drawn to media/ each epoch
+    paths_to_plot: int = 8  # test images whose glimpse paths are drawn to media/ each epoch, and animated at the end
 
 
 @dataclass
@@ -224,7 +227,7 @@ def train(cfg: RAMConfig, run: Run) -> None:
             if clock.epoch_ended or clock.finished:
                 tested = evaluate_split(model, test, cfg)
                 run.log({f"test/{k}": v for k, v in tested.items()}, clock.step)
-                plot_paths(model, test, cfg, run, clock.step)
+                plot_glimpses(model, test, cfg, run, clock.step, animate=clock.finished)
                 progress.write(f"epoch {clock.step / clock.steps_per_epoch:.2f}: test error {tested['error']:.2%}")
                 model.train()
             clock.stopped = run.should_stop
@@ -259,44 +262,32 @@ def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> d
 
 
 @torch.no_grad()
-def plot_paths(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: Run, step: int) -> None:
-    """Draw each glimpse's retina (finest patch bright, coarser ones dim) over a few test images, to media/."""
+def plot_glimpses(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: Run, step: int, animate: bool) -> None:
+    """The first `paths_to_plot` test digits at 4x or more with their numbered glimpses, the retina's scales,
+    the truth and the prediction (`test/glimpse_paths`); with `animate`, also an animation per digit that draws
+    its glimpses one after the other (`test/glimpse_video/<i>`, MP4 or GIF in media/). Each digit's path is
+    sampled from a fixed generator, so successive figures differ by the weights alone."""
     count = min(cfg.train.paths_to_plot, len(split))
     if not count:
         return
     model.eval()
-    images = split.images[:count].float().div(255)
+    images, truths = split.images[:count].float().div(255), split.labels[:count].tolist()
     out = model(images, stream(cfg.seed, "glimpse locations", -2, images.device))
-    run.log_images(
-        "test/glimpse_paths", draw_paths(images, out.locations, model.glimpse.sensor.sides), step, nrow=min(count, 8)
+    h, w = images.shape[-2:]
+    centres = torch.stack(
+        [location_to_pixel(out.locations[..., 0], h), location_to_pixel(out.locations[..., 1], w)], -1
     )
-
-
-def draw_paths(images: torch.Tensor, locations: torch.Tensor, sides: list[int], zoom: int = 3) -> torch.Tensor:
-    """(N, 1, H, W) in [0, 1] and (N, T, 2) locations -> (N, 3, zoom H, zoom W) RGB in [0, 1]: the image in
-    grey, each glimpse's patches as squares from blue (first) to red (last), its centres joined by a line."""
-    from PIL import Image, ImageDraw
-
-    n, _, h, w = images.shape
-    t = locations.shape[1]
-    drawn = []
-    for i in range(n):
-        grey = (images[i, 0].cpu().numpy() * 255).astype(np.uint8)
-        canvas = Image.fromarray(grey).convert("RGB").resize((w * zoom, h * zoom), Image.NEAREST)
-        pen = ImageDraw.Draw(canvas)
-        centres = []
-        for j in range(t):
-            colour = (int(255 * j / max(t - 1, 1)), 64, int(255 * (1 - j / max(t - 1, 1))))
-            r = location_to_pixel(locations[i, j, 0], h).item()
-            c = location_to_pixel(locations[i, j, 1], w).item()
-            centres.append(((c + 0.5) * zoom, (r + 0.5) * zoom))
-            for k, side in enumerate(sides):
-                top, left = (r - side // 2) * zoom, (c - side // 2) * zoom
-                faded = tuple(v // (k + 1) for v in colour)
-                pen.rectangle([left, top, left + side * zoom - 1, top + side * zoom - 1], outline=faded)
-        pen.line(centres, fill=(255, 255, 0), width=1)
-        drawn.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)  # a writable copy
-    return torch.stack(drawn)
+    predictions = out.logits.argmax(1).tolist()  # the answer after this one path, not the evaluation's average
+    sides = model.glimpse.sensor.sides
+    title = f"{cfg.name}: {cfg.model.glimpses} glimpses per test digit, step {step}"
+    figure = glimpse_figure(images, centres, sides, truths, predictions, title)
+    run.log_images("test/glimpse_paths", as_batch(render(figure)), step, nrow=1)
+    if not animate:
+        return
+    for i in range(count):
+        frames = glimpse_frames(images[i], centres[i], sides, truths[i], predictions[i], f"test digit {i}")
+        path = write_video(frames, run.dir / "media" / f"test_glimpse_video_{i}-{step:09d}", GLIMPSES_PER_SECOND)
+        run.log_video(f"test/glimpse_video/{i}", path, step)
 
 
 def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
@@ -318,5 +309,6 @@ register(
         {"name": "train/loss", "goal": "minimize"},  # the hybrid loss: NLL + REINFORCE + baseline MSE
         {"name": "train/reward", "goal": "maximize"},  # the fraction of right answers
     ],
-    media=["test/glimpse_paths"],
+    # One animation per plotted digit, the default `train.paths_to_plot` of them.
+    media=["test/glimpse_paths", *(f"test/glimpse_video/{i}" for i in range(RAMTrainConfig.paths_to_plot))],
 )

@@ -31,6 +31,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal, NamedTuple, Optional
 
 import numpy as np
@@ -38,8 +39,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from rl.envs import EnvConfig, TrainingSignal, check_env, make_vec_env
-from rl.evaluate import EpisodeQuota, human_normalized
+from rl.envs import EnvConfig, TrainingSignal, check_env, is_atari, make_vec_env
+from rl.evaluate import EpisodeQuota, EpisodeVideo, VideoConfig, check_video, human_normalized
 from shared.config import RunConfig, register, require, require_positive
 from shared.errors import ConfigError
 from shared.models.glimpse import GlimpseAgent, GlimpseConfig
@@ -76,10 +77,10 @@ class ReinforceAgentConfig:
 
 
 @dataclass
-class PlayConfig:
+class PlayConfig(VideoConfig):
     episodes: int = 30  # `pixlab eval`: episodes played with the stochastic policy
     num_envs: int = 8
-    max_episode_frames: int = 108_000
+    max_episode_frames: int = 108_000  # also the cap of the video's episode, played at the end of training
 
 
 @dataclass
@@ -108,6 +109,7 @@ class ReinforceConfig(RunConfig):
             self.policy.action_set,
         )
         require(self.eval.episodes > 0, "eval.episodes", "must be > 0", self.eval.episodes)
+        check_video(self.eval, self.env)
 
     def check(self) -> None:
         check_env(self.env)
@@ -220,7 +222,8 @@ class Player:
 
     It keeps the env, its observations and the policy's memory between calls, so an episode may span two
     calls (two updates). With `record=False` it only counts scores (evaluation). The policy acts under
-    `accel`'s precision and layout (fp32 without one).
+    `accel`'s precision and layout (fp32 without one). With a `film`, env 0's first episode is filmed, with
+    the glimpse agent's glimpses drawn.
     """
 
     def __init__(
@@ -234,14 +237,17 @@ class Player:
         seed: int,
         record: bool = True,
         accel: Optional[Accelerator] = None,
+        film: Optional[EpisodeVideo] = None,
     ):
-        self.env, self.policy, self.device, self.record = env, policy, device, record
+        self.env, self.policy, self.device, self.record, self.film = env, policy, device, record, film
         self.accel = accel if accel is not None else Accelerator(AccelConfig(precision="fp32"), device)
         self.reset_on_reward = agent.reset_return_on_reward
         self.action_set = None if action_set is None else np.asarray(action_set)
         self.signal = TrainingSignal(env_cfg, env.num_envs)
         self.obs, info = env.reset(seed=seed)
         self.signal.reset(info)
+        if film is not None:
+            film.reset(self.obs, seed)
         self.memory = policy.initial_memory(env.num_envs, device)
         self.steps: list[list] = [[] for _ in range(env.num_envs)]
 
@@ -259,6 +265,10 @@ class Player:
             next_obs, rewards, terminated, truncated, info = self.env.step(env_actions)
             learner_rewards, terminals, autoreset = self.signal.step(rewards, terminated, truncated, info)
             taken += self.env.num_envs
+            if self.film is not None:
+                self.film.step(
+                    env_actions, next_obs, rewards, terminated | truncated, extras.get("location", [None])[0]
+                )
             for e in np.flatnonzero(~autoreset):  # an autoreset step only starts the next episode
                 cut = terminals[e] or (self.reset_on_reward and learner_rewards[e] != 0)
                 if self.record:
@@ -452,6 +462,10 @@ def train(cfg: ReinforceConfig, run: Run) -> None:
     if run.should_stop:
         return
     save()
+    if cfg.eval.video and is_atari(cfg.env.id):
+        run.log_video(
+            "video", record_video(cfg, policy, accel, run.device, run.dir / "media" / f"video-{step:09d}"), step
+        )
     summary = {"train/return_100": float(np.mean(recent)), "train/episodes": episodes_seen, "train/steps": step}
     hns = human_normalized(cfg.env.id, summary["train/return_100"])
     run.summary(summary | ({"train/hns_100": hns} if hns is not None else {}))
@@ -500,6 +514,30 @@ def evaluate(cfg: ReinforceConfig, checkpoint: dict) -> dict:
     return result | ({"eval/hns": hns} if hns is not None else {})
 
 
+def record_video(cfg: ReinforceConfig, policy: nn.Module, accel: Accelerator, device, path) -> Path:
+    """One episode of `policy`, stochastic as `pixlab eval` plays it, filmed as `eval.video*` say (EpisodeVideo)
+    to `path` + .mp4 or .gif; returns the path written. The episode is cut at eval.max_episode_frames or at the
+    filmed steps, whichever comes first: frames past the film are not played."""
+    frames = min(cfg.eval.max_episode_frames, cfg.eval.video_max_steps * cfg.env.frame_skip)
+    env_cfg = replace(cfg.env, num_envs=1, max_episode_frames=frames)
+    env, _ = make_env(replace(cfg, env=env_cfg))
+    film = EpisodeVideo(
+        env, env_cfg, path, cfg.eval, glimpse=cfg.policy.glimpse if cfg.policy.kind == "glimpse" else None
+    )
+    seed = cfg.seed + 30_000
+    try:
+        player = Player(
+            env, policy, env_cfg, cfg.agent, cfg.policy.action_set, device, seed, record=False, accel=accel, film=film
+        )
+        player.play(1)
+    except BaseException:
+        film.abandon()
+        raise
+    finally:
+        env.close()
+    return film.close()
+
+
 register(
     ReinforceConfig,
     train,
@@ -512,4 +550,5 @@ register(
         {"name": "train/hns_100", "goal": "maximize", "unit": "% of human", "once": True},
     ],
     step_unit="agent steps",
+    media=["video"],
 )

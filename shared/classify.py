@@ -27,17 +27,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from shared.adversarial import AttackConfig, attack, eval_mode, evaluate_attack, pixel_classifier
 from shared.config import RunConfig, register, require, require_choice, require_positive
-from shared.data import DATASETS, ImageData, Split, epoch_order, load_dataset
+from shared.data import DATASETS, ImageData, Split, class_names, epoch_order, load_dataset
 from shared.data.augment import AugmentConfig, augment
+from shared.distill import DistillConfig, check_teacher, check_values, distillation_loss, load_teacher
 from shared.errors import CheckpointError, ConfigError
+from shared.figures import as_batch, confusion_counts, confusion_figure, image_grid_figure, mistake_caption, render
 from shared.models import MODELS, build_model
+from shared.rng import stream
 from shared.run import Run, latest_checkpoint, load_checkpoint
 from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.ema import EMA
 from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+
+SIDES = {"mnist": 28, "digits": 8, "cifar10": 32}  # the side of each dataset's images before data.pad
 
 
 @dataclass
@@ -60,6 +66,14 @@ class ClassifyModelConfig:
 
 
 @dataclass
+class AdversarialTrainingConfig(AttackConfig):
+    """Adversarial training: each batch attacked with the current weights, the loss mix * J(x) + (1 - mix) * J(x_adv)
+    (Goodfellow et al. 2015, eq. 6, with mix 0.5 and FGSM; Madry et al. 2018 train on PGD examples alone: mix 0)."""
+
+    mix: float = 0.5  # the weight of the clean images' loss
+
+
+@dataclass
 class ClassifyTrainConfig:
     epochs: int = 10
     batch_size: int = 128  # the global batch, split across processes under torchrun
@@ -67,6 +81,8 @@ class ClassifyTrainConfig:
     grad_clip: Optional[float] = None  # max global gradient norm
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets); the schedule spans it
     ema_decay: Optional[float] = None  # keep an exponential moving average of the weights and evaluate it
+    distill: DistillConfig = field(default_factory=DistillConfig)  # learn a teacher run's soft targets (distill.py)
+    adversarial: AdversarialTrainingConfig = field(default_factory=AdversarialTrainingConfig)  # method none: off
 
 
 @dataclass
@@ -78,19 +94,24 @@ class ClassifyConfig(RunConfig):
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
     accel: AccelConfig = field(default_factory=AccelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)  # the attack the final weights are tested against
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_choice(self.model.name, sorted(MODELS), "model.name")
         require(self.data.name in DATASETS, "data.name", f"must be one of {DATASETS}", self.data.name)
         require(self.data.pad >= 0, "data.pad", "must be >= 0", self.data.pad)
-        side = {"mnist": 28, "digits": 8, "cifar10": 32}[self.data.name] + 2 * self.data.pad
-        require(
-            self.model.name != "lenet5" or side == 32,
-            "data.pad",
-            f"gives {side}x{side} images; lenet5 reads 32x32 (mnist: pad 2, digits: pad 12, cifar10: pad 0)",
-            self.data.pad,
-        )
+        side = SIDES[self.data.name] + 2 * self.data.pad
+        model = getattr(MODELS[self.model.name], "func", MODELS[self.model.name])
+        if getattr(model, "fixed_input", False):  # no global pooling: the input size is part of the architecture
+            need = model.input_size
+            pads = ", ".join(f"{name}: pad {(need - raw) // 2}" for name, raw in SIDES.items() if raw <= need)
+            require(
+                side == need,
+                "data.pad",
+                f"gives {side}x{side} images; {self.model.name} reads {need}x{need} ({pads})",
+                self.data.pad,
+            )
         require(self.data.val_size >= 0, "data.val_size", "must be >= 0", self.data.val_size)
         require(
             self.data.augment.crop_padding >= 0,
@@ -114,6 +135,21 @@ class ClassifyConfig(RunConfig):
             "'plateau' needs data.val_size > 0: it reads validation loss, never the test set",
             self.schedule.name,
         )
+        check_values(self.train.distill)
+        self.train.adversarial.check("train.adversarial")
+        mix = self.train.adversarial.mix
+        require(0 <= mix <= 1, "train.adversarial.mix", "must be in [0, 1]", mix)
+        require(
+            self.train.adversarial.method == "none" or not self.train.distill.teacher,
+            "train.adversarial.method",
+            "cannot be combined with train.distill (a teacher's soft targets for attacked images are not defined here)",
+            self.train.adversarial.method,
+        )
+        self.attack.check("attack")
+
+    def check(self) -> None:
+        if self.train.distill.teacher:
+            check_teacher(self.train.distill, self.data.name, self.data.pad)
 
 
 def train(cfg: ClassifyConfig, run: Run) -> None:
@@ -126,6 +162,9 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
     clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(data.train) / cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    distill = cfg.train.distill
+    teacher = load_teacher(distill.teacher, run.device) if distill.teacher else None
+    adversarial = cfg.train.adversarial
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule, "accel": accel}
     if ema is not None:
         objects["ema"] = ema
@@ -157,10 +196,23 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
             images = augment(images, cfg.data.augment, cfg.seed, clock.step)
             images, labels = images[shard], labels[shard]  # this process's slice of the global batch
             with accel.autocast():
-                logits = net(accel.to_input(data.prepare(images)))
+                if adversarial.method == "none":
+                    inputs = accel.to_input(data.prepare(images))
+                else:
+                    start = stream(cfg.seed, "adversarial start", clock.step, run.device)  # PGD's random start
+                    inputs = adversarial_inputs(adversarial, model, data, accel, images, labels, start)
+                logits = net(inputs).float()
+                if teacher is None:
+                    loss = adversarial_objective(logits, labels, adversarial)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(inputs).float()  # the same augmented batch the student sees
+                    loss = distillation_loss(
+                        logits, teacher_logits, labels, distill.temperature, distill.alpha, reduction="sum"
+                    )
                 # Summed over the slice and divided by the global batch over the world size: DDP's average
                 # of the ranks' gradients is then the gradient of the global batch's mean loss, exactly.
-                loss = F.cross_entropy(logits.float(), labels, reduction="sum") * ddp.world_size / global_batch
+                loss = loss * ddp.world_size / global_batch
             accel.backward_step(loss, optimizer, model.parameters(), cfg.train.grad_clip)
             schedule.step()
             if ema is not None:
@@ -188,16 +240,21 @@ def train(cfg: ClassifyConfig, run: Run) -> None:
 
     final = evaluate_split(scored, data.test, data, cfg.train.eval_batch_size)
     summary = {f"test/{k}": v for k, v in final.items()} | {"train/steps": clock.step}
+    summary |= attack_metrics(cfg, scored, data, run.device)
     if ddp.enabled:
         summary |= {"dist/world_size": ddp.world_size, "dist/max_rank_weight_diff": ddp.max_difference(model)}
-    mistakes = misclassified(scored, data, cfg.train.eval_batch_size, limit=64)
-    if len(mistakes):
-        run.log_images("test/mistakes", mistakes, clock.step)
+    if ddp.is_main:
+        log_test_figures(cfg, run, scored, data, clock.step)
     run.summary(summary)
     if ddp.is_main:
         print(
             f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(data.test)}) after {clock.step} steps"
         )
+        if "test/attack/error" in summary:
+            print(
+                f"{cfg.name}: test error {summary['test/attack/error']:.2%} under {cfg.attack.method} "
+                f"at epsilon {cfg.attack.epsilon}"
+            )
 
 
 def prepare_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
@@ -245,6 +302,48 @@ def train_mode(model: nn.Module, freeze_backbone: bool) -> None:
         model.get_submodule(type(model).head).train()
 
 
+def adversarial_inputs(
+    cfg: AdversarialTrainingConfig,
+    model: nn.Module,
+    data: ImageData,
+    accel: Accelerator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The model input of a training batch under adversarial training: the clean images then their attacked
+    copies (2B rows), or the attacked copies alone when mix is 0 (B rows). uint8 (B, C, H, W) -> float.
+
+    The attack uses the current weights in eval mode and fp32 (an fp16 gradient can underflow to a zero sign),
+    and its examples are constants of the loss, as in Goodfellow et al. sec. 6. One forward pass takes both
+    halves, so that DDP sees one forward per backward; batch norm then normalizes them together.
+    """
+    pixels = images.float().div(255)
+    with eval_mode(model), torch.autocast(accel.device.type, enabled=False):
+        attacked = attack(cfg, pixel_classifier(model, data, accel.to_input), pixels, labels, generator)
+    return accel.to_input(data.prepare_pixels(attacked if cfg.mix == 0 else torch.cat([pixels, attacked])))
+
+
+def adversarial_objective(logits: torch.Tensor, labels: torch.Tensor, cfg: AdversarialTrainingConfig) -> torch.Tensor:
+    """The summed cross-entropy of a batch laid out as `adversarial_inputs` lays it out: mix * J(x) + (1 - mix) *
+    J(x_adv) (Goodfellow et al. 2015, eq. 6); the plain summed cross-entropy when adversarial training is off."""
+    if cfg.method == "none" or cfg.mix == 0:
+        return F.cross_entropy(logits, labels, reduction="sum")
+    clean, attacked = logits.chunk(2)
+    return cfg.mix * F.cross_entropy(clean, labels, reduction="sum") + (1 - cfg.mix) * F.cross_entropy(
+        attacked, labels, reduction="sum"
+    )
+
+
+def attack_metrics(cfg: ClassifyConfig, model: nn.Module, data: ImageData, device: torch.device) -> dict:
+    """test/attack/error, /confidence and /wrong_confidence of the `attack:` section ({} when its method is none)."""
+    if cfg.attack.method == "none":
+        return {}
+    start = stream(cfg.seed, "test attack", 0, device)
+    metrics = evaluate_attack(cfg.attack, model, data, data.test, cfg.train.eval_batch_size, start)
+    return {f"test/attack/{k}": v for k, v in metrics.items()}
+
+
 def end_of_epoch(cfg, run: Run, scored: nn.Module, data: ImageData, schedule: Schedule, step: int, progress) -> None:
     metrics = {f"test/{k}": v for k, v in evaluate_split(scored, data.test, data, cfg.train.eval_batch_size).items()}
     if data.val is not None:
@@ -271,28 +370,64 @@ def evaluate_split(model: nn.Module, split: Split, data: ImageData, batch_size: 
 
 
 @torch.no_grad()
-def misclassified(model: nn.Module, data: ImageData, batch_size: int, limit: int) -> torch.Tensor:
-    """Up to `limit` test images the model gets wrong, as floats in [0, 1] (N, C, H, W)."""
+def predict_test_set(model: nn.Module, data: ImageData, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class the model gives each test image (N,) int64, and the probability it gives that class (N,) float."""
     model.eval()
-    found = []
-    for images, labels in data.test.batches(batch_size):
-        wrong = model(data.prepare(images)).argmax(1) != labels
-        found.append(images[wrong])
-        if sum(len(f) for f in found) >= limit:
-            break
-    return torch.cat(found)[:limit].float().div(255)
+    classes, probabilities = [], []
+    for images, _ in data.test.batches(batch_size):
+        probability, predicted = F.softmax(model(data.prepare(images)).float(), 1).max(1)
+        classes.append(predicted)
+        probabilities.append(probability)
+    return torch.cat(classes), torch.cat(probabilities)
+
+
+def log_test_figures(
+    cfg: ClassifyConfig, run: Run, model: nn.Module, data: ImageData, step: int, limit: int = 64
+) -> None:
+    """The confusion matrix of the test set (`test/confusion`) and up to `limit` of its misclassified images,
+    each captioned with its class, the prediction and the prediction's probability (`test/mistakes`)."""
+    predicted, probability = predict_test_set(model, data, cfg.train.eval_batch_size)
+    truths = data.test.labels
+    names = class_names(cfg.data.name)
+    counts = confusion_counts(truths, predicted, data.num_classes)
+    figure = confusion_figure(counts, names, f"{cfg.name}, test set, step {step}")
+    run.log_images("test/confusion", as_batch(render(figure)), step, nrow=1)
+    wrong = (predicted != truths).nonzero()[:, 0]
+    if not len(wrong):
+        return
+    shown = wrong[:limit]
+    captions = [
+        mistake_caption(t, p, q, names)
+        for t, p, q in zip(truths[shown].tolist(), predicted[shown].tolist(), probability[shown].tolist())
+    ]
+    title = f"{cfg.name}: {len(shown)} of {len(wrong)} misclassified test images, step {step}"
+    figure = image_grid_figure(data.test.images[shown].float().div(255), title, captions=captions)
+    run.log_images("test/mistakes", as_batch(render(figure)), step, nrow=1)
 
 
 def evaluate(cfg: ClassifyConfig, checkpoint: dict) -> dict:
     """Test metrics of the weights in `checkpoint` (the EMA weights when the run kept them)."""
     device = select_device(cfg.device)
+    data = load_test_data(cfg, device)
+    model = scored_model(cfg, checkpoint, data, device)
+    metrics = evaluate_split(model, data.test, data, cfg.train.eval_batch_size)
+    metrics = {f"test/{k}": v for k, v in metrics.items()} | attack_metrics(cfg, model, data, device)
+    return {"step": checkpoint["step"]} | metrics
+
+
+def load_test_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
+    """The configured dataset with its test split on `device`: evaluation reads nothing else."""
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.pad)
     data.test = data.test.to(device)
+    return data
+
+
+def scored_model(cfg: ClassifyConfig, checkpoint: dict, data: ImageData, device: torch.device) -> nn.Module:
+    """The configured model on `device` with the weights a run reports: the EMA weights when it kept them."""
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.input_shape[0]).to(device)
     state = checkpoint["state"]
     model.load_state_dict(state["ema"]["module"] if "ema" in state else state["model"])
-    metrics = evaluate_split(model, data.test, data, cfg.train.eval_batch_size)
-    return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in metrics.items()}
+    return model
 
 
 register(
@@ -304,7 +439,13 @@ register(
         {"name": "val/error", "goal": "minimize", "unit": "%", "scale": 100},  # with data.val_size > 0
         {"name": "test/loss", "goal": "minimize", "unit": "nats"},  # cross-entropy
         {"name": "train/loss", "goal": "minimize", "unit": "nats"},
+        {"name": "test/errors", "goal": "minimize", "unit": "errors"},  # the count: Hinton et al. 2015's MNIST unit
+        # With an `attack:` section: the error on the attacked test set, and the mean probability of the predicted
+        # class on it (all images; the misclassified ones alone), the quantities of Goodfellow et al. 2015.
+        {"name": "test/attack/error", "goal": "minimize", "unit": "%", "scale": 100, "once": True},
+        {"name": "test/attack/confidence", "unit": "%", "scale": 100, "once": True},
+        {"name": "test/attack/wrong_confidence", "unit": "%", "scale": 100, "once": True},
         {"name": "train/lr"},
     ],
-    media=["test/mistakes"],
+    media=["test/mistakes", "test/confusion"],
 )

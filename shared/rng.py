@@ -16,10 +16,13 @@ STREAMS = {
     "binarization": 0,  # the Bernoulli draw of epoch `index` (shared/data/binarize.py)
     "canvas": 0,  # where epoch `index` places digits and clutter (shared/data/translated.py)
     "glimpse locations": 0,  # RAM's location samples at step `index` (rl/ram.py)
+    "adversarial start": 0,  # PGD's random start in adversarial training at step `index` (shared/classify.py)
     "sample scoring": 7,  # the samples that FID and IS score (generative/metrics.py)
     "test elbo": 11,  # the VAE's one latent sample per test image
     "iwae": 13,  # the VAE's importance samples
     "fixed noise": 17,  # the latent noise behind every epoch's sample grid (VAE, DCGAN)
+    "test attack": 19,  # PGD's random starts when the test set is attacked (shared/adversarial.py)
+    "interpolation ends": 23,  # the latent pairs of DCGAN's interpolation strip
 }
 
 

@@ -117,11 +117,11 @@ class Tracker:
         return path
 
     def log_video(self, key: str, path: Path, step: int) -> None:
-        """An animation already written to media/ (a GIF), mirrored to W&B."""
+        """An animation already written to media/ (an MP4 or a GIF, shared.media), mirrored to W&B."""
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({key: wandb.Video(str(path), format="gif")}, step=int(step))
+            self.wandb_run.log({key: wandb.Video(str(path), format=Path(path).suffix.lstrip("."))}, step=int(step))
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final numbers of the run: a 'summary' record in metrics.jsonl and the W&B run summary."""

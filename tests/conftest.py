@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`-n 2`, the README's command) each worker, and every process it starts, computes with one
+# thread: two workers with two threads each on a 2-core machine would spin against each other (OpenMP busy-waits).
+# Set before torch is imported, so the worker's own torch reads it too.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 # The real MNIST files beside the checkout (../shared/data/mnist); tests that need them skip without them.

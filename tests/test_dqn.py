@@ -17,6 +17,7 @@ from rl.envs import EnvConfig, TrainingSignal, atari_game
 from rl.evaluate import EvalConfig, evaluate_policy, human_normalized
 from rl.replay import FrameReplay, ReplayBatch
 from shared.cli import main
+from shared.media import read_video, video_format
 from shared.run import latest_checkpoint, load_checkpoint
 from shared.tracking import read_metrics
 
@@ -295,7 +296,8 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
     assert summary["eval/episodes"] == 2 and summary["train/steps"] == 600
     assert summary["eval/hns"] == pytest.approx(100 * (summary["eval/return"] + 20.7) / 30.0)
     assert summary["replay/bytes_per_transition"] <= 7200
-    assert list((run / "media").glob("eval-*.gif"))
+    (video,) = (run / "media").glob(f"video-*.{video_format()}")  # the first evaluation episode, 100 agent steps
+    assert read_video(video).shape == (101, 210, 160, 3)  # the colour screen at each step, and the last one
     assert any(h.get("video/_type") == "video-file" for h in offline_run(run)["history"])  # the stable W&B media key
     checkpoint = load_checkpoint(latest_checkpoint(run))
     assert checkpoint["step"] == 600 and set(checkpoint["state"]) == {"q", "target", "optimizer", "explorer", "accel"}

@@ -191,7 +191,12 @@ def test_train_on_digits_through_the_cli_writes_the_run_and_eval_agrees(tmp_path
     summary = records[-1]["summary"]
     assert summary["test/bits_per_dim"] == tests[-1]["test/bits_per_dim"] and summary["train/steps"] == 46
     assert [p.name for p in list_checkpoints(run)] == ["step-000000040.pt", "step-000000046.pt"]
-    assert sorted(p.name for p in (run / "media").iterdir()) == ["samples-000000023.png", "samples-000000046.png"]
+    assert sorted(p.name for p in (run / "media").iterdir()) == [
+        "media_completions-000000023.png",
+        "media_completions-000000046.png",
+        "samples-000000023.png",
+        "samples-000000046.png",
+    ]
 
     written = offline_run(run)
     assert written["run"].run_group == "pixelcnn-digits" and list(written["run"].tags) == ["pixelcnn", "digits"]
@@ -240,6 +245,7 @@ def test_binarized_mnist_trains_briefly_and_scores_the_fixed_binary_test_set(tmp
         "train.batch_size=16",
         "train.eval_batch_size=2000",
         "sample.count=4",
+        "sample.completions=0",  # 784 more sampler steps; the digits run above draws the completions
         *QUIET,
     ]
     result = run_cli("train", BINARIZED_MNIST, *overrides, cwd=tmp_path)

@@ -24,6 +24,7 @@ from rl.reinforce import (
     reward_to_go,
 )
 from shared.errors import ConfigError
+from shared.media import read_video, video_format
 from shared.models.glimpse import GlimpseAgent, GlimpseConfig
 from shared.tracking import read_metrics
 
@@ -225,6 +226,7 @@ def test_atari_policies_run_through_the_cli(tmp_path, config):
         "env.num_envs=2",
         "agent.batch_episodes=2",
         "env.max_episode_frames=1200",
+        "eval.video_max_steps=20",
         "tracking.wandb=disabled",
         cwd=tmp_path,
     )
@@ -237,6 +239,9 @@ def test_atari_policies_run_through_the_cli(tmp_path, config):
     assert all(0 < r["train/episode_length"] <= 300 for r in updates)
     assert "train/hns_100" in records[-1]["summary"]
     assert list((run / "checkpoints").iterdir())
+    # the final policy's video: 20 agent steps filmed in colour, and the screen after the last
+    (video,) = (run / "media").glob(f"video-{records[-1]['summary']['train/steps']:09d}.{video_format()}")
+    assert read_video(video).shape == (21, 210, 160, 3)
 
 
 def test_action_set_outside_the_game_is_refused(tmp_path):

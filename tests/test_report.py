@@ -1,4 +1,5 @@
-"""`pixlab report` on synthetic run folders: the numbers of its table, its curves, its sweep plot and its errors."""
+"""`pixlab report` on synthetic run folders: the numbers of its table, its curves, its sweep plot, its statistics
+(--stats), the published figure of a reproduce entry, its gallery and its errors."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ import yaml
 from conftest import CONFIGS
 
 import shared.cli
+from shared import stats
 from shared.cli import import_algorithms, main
-from shared.cli.report import build_sections, describe_metric, find_runs, mean_curve, use_log_axis, wandb_workspace
+from shared.cli.report import (
+    build_sections,
+    common_grid,
+    curves_figure,
+    describe_metric,
+    find_runs,
+    improvement_of,
+    markdown_gallery,
+    markdown_stats,
+    use_log_axis,
+    wandb_workspace,
+)
 from shared.config import ALGORITHMS, Metric, RunConfig, register
 
 import_algorithms()  # the registry that report reads (main() fills it too)
@@ -94,6 +107,8 @@ def test_table_holds_final_and_best_mean_and_std_over_seeds(sweep, tmp_path, cap
     for name in ("curves-classify-test-error.png", "sweep-classify-test-error.png"):
         image = (out / name).read_bytes()
         assert image.startswith(b"\x89PNG") and len(image) > 10_000, name
+    assert not (out / "stats-classify-test-error.png").exists() and "mean_low" not in rows["optim.lr=0.1"]
+    assert "## Gallery" not in printed  # no run has media
 
 
 def test_group_by_a_config_key_pools_its_runs_and_the_direction_can_be_overridden(sweep, tmp_path, capsys):
@@ -132,14 +147,57 @@ def test_the_swept_parameter_and_its_log_axis(sweep):
     )
 
 
+# ----------------------------------------------------------------------------------- --stats
+def test_stats_give_each_groups_aggregates_with_intervals_and_the_probability_of_improvement(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(sweep), "--stats", "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert markdown in capsys.readouterr().out
+    # final test/error in %: lr=0.01: 8.1, 8.2, 8.3; lr=0.1: 9, 10, 11. With three runs the lowest and the highest
+    # resample (the same run three times, 1/27 = 3.7% each) hold the 2.5% and 97.5% points, so each interval is
+    # [min, max]: for the mean, the median (P(median = min) = 7/27) and the IQM (the mean, for fewer than 4 runs)
+    assert "| group | runs | mean | median | IQM |" in markdown
+    assert "| optim.lr=0.01 | 3 | 8.2 [8.1, 8.3] | 8.2 [8.1, 8.3] | 8.2 [8.1, 8.3] |" in markdown
+    assert "| optim.lr=0.1 | 3 | 10 [9, 11] | 10 [9, 11] | 10 [9, 11] |" in markdown
+    # every run at lr=0.01 has the lower error, in every resample
+    assert "P(optim.lr=0.01 better than optim.lr=0.1) = 1 [1, 1]" in markdown
+    row = read_csv(out / "report.csv")["optim.lr=0.1"]
+    assert {k: float(row[k]) for k in ("mean", "mean_low", "mean_high", "median", "iqm_high", "tasks")} == (
+        pytest.approx({"mean": 10, "mean_low": 9, "mean_high": 11, "median": 10, "iqm_high": 11, "tasks": 1})
+    )
+    assert (out / "stats-classify-test-error.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_group_of_several_configs_is_stratified_by_config_one_run_has_no_interval_nor_a_diverged_one(sweep, tmp_path):
+    (section,) = build_sections(find_runs([sweep]), group_by="optim.name")
+    (group,) = section.groups
+    assert sorted(sorted(task) for task in group.tasks()) == [
+        pytest.approx([8.1, 8.2, 8.3]),
+        pytest.approx([9, 10, 11]),
+    ]
+    markdown = markdown_stats(section, [stats.aggregates(group.tasks())], None, "stats.png")
+    assert "| optim.name=sgd | 6 (2 tasks) | 9.1 [" in markdown and "Probability of improvement" not in markdown
+
+    for lr, final in ((0.1, 0.25), (10, float("inf"))):  # one run each; the one at lr=10 diverged
+        config = {"algo": "classify", "name": "r", "seed": 0, "optim": {"lr": lr}}
+        write_run(tmp_path / "single" / f"lr{lr}", config, [{"step": 1, "test/error": final}])
+    (section,) = build_sections(find_runs([tmp_path / "single"]))
+    estimates = [stats.aggregates(g.tasks()) for g in section.groups]
+    assert improvement_of(section) is None  # a value that is not finite: no comparison
+    markdown = markdown_stats(section, estimates, None, "stats.png")
+    assert "| optim.lr=0.1 | 1 | 25 (no interval) | 25 (no interval) | 25 (no interval) |" in markdown
+    assert "| optim.lr=10 | 1 | not finite | not finite | not finite |" in markdown
+    assert "Probability of improvement: not computed, a final value is not finite." in markdown
+
+
 def test_unequal_step_grids_are_interpolated_inside_the_common_range():
     a = (np.array([0.0, 10, 20]), np.array([0.0, 10, 20]))  # value = step
     b = (np.array([5.0, 15, 25]), np.array([10.0, 30, 50]))  # value = 2 * step
-    steps, mean, std = mean_curve([a, b])
+    steps, values = common_grid([a, b])
     assert steps.tolist() == [5, 10, 15, 20]  # the union of both grids, from the later start to the earlier end
-    assert mean == pytest.approx(1.5 * steps) and std == pytest.approx(steps / np.sqrt(2))
+    assert values == pytest.approx(np.stack([steps, 2 * steps]))
     apart = (np.array([30.0]), np.array([1.0]))  # one point after `a` ended: no step range in common
-    assert len(mean_curve([a, apart])[0]) == 0
+    assert len(common_grid([a, apart])[0]) == 0
 
 
 def test_a_metric_logged_only_in_the_summary_is_one_point_at_the_last_step(tmp_path, capsys):
@@ -158,6 +216,60 @@ def test_a_metric_logged_only_in_the_summary_is_one_point_at_the_last_step(tmp_p
         "88.5",
         "60",
         "nats/image",
+    )
+
+
+# ----------------------------------------------------------------------------------- published figure, gallery
+def test_runs_of_a_reproduce_entry_show_its_published_figure_dashed_and_the_band_is_the_bootstrap_interval(
+    sweep, tmp_path
+):
+    root = tmp_path / "runs" / "reproduce-lenet5-mnist-cpu"  # where `pixlab reproduce lenet5-mnist --budget cpu` runs
+    for seed, final in enumerate((0.0, 0.01, 0.05)):  # test/error as logged, a fraction: 0, 1 and 5%
+        config = {"algo": "classify", "name": "lenet", "seed": seed, "runs_dir": str(root)}
+        write_run(root / f"seed{seed}", config, [{"step": 10, "test/error": 0.5}, {"step": 20, "test/error": final}])
+    (section,) = build_sections(find_runs([root]))
+    label = "published: 0.95% (LeCun et al. 1998, LeNet-5 without distortions)"
+    assert section.published == [(0.95, label)]
+    ax = curves_figure(section).axes[0]
+    (dashed,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(dashed.get_ydata()) == [0.95, 0.95] and dashed.get_label() == label
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["lenet (n=3)", label, "band: 95% bootstrap interval of the mean over seeds"]
+    # the band at step 20: the interval of the mean of 0, 1 and 5% is [0, 5] (one std, 2.6, would give [-0.6, 4.6])
+    (band,) = ax.collections
+    vertices = band.get_paths()[0].vertices
+    assert set(vertices[vertices[:, 0] == 20, 1].round(9)) == {0.0, 5.0}
+
+    (other,) = build_sections(find_runs([sweep]))  # a sweep of no reproduce entry: no line
+    assert other.published == [] and not [
+        line for line in curves_figure(other).axes[0].get_lines() if line.get_linestyle() == "--"
+    ]
+
+
+def test_the_gallery_shows_each_groups_latest_media_file_of_each_key(sweep, tmp_path):
+    seed0, seed1 = sweep / "trial-lr0.01-seed0" / "media", sweep / "trial-lr0.01-seed1" / "media"
+    seed0.mkdir()
+    seed1.mkdir()
+    (seed0 / "test_mistakes-000000100.png").write_bytes(b"an older grid")
+    (seed1 / "test_mistakes-000000300.png").write_bytes(b"the latest grid")  # logged as test/mistakes (registered)
+    (seed0 / "video-000000300.mp4").write_bytes(b"a video")
+    (seed1 / "video-000000300.mp4").write_bytes(b"the same step in a later seed")
+    (seed0 / ".video-000000400.mp4.tmp-12").write_bytes(b"still being written")
+    (seed0 / "glimpses.gif").write_bytes(b"no step in the name")
+    (seed0 / "notes.txt").write_text("not media")
+    out = tmp_path / "report"
+    media = "../runs/lr-sweep/trial-lr0.01-seed{}/media/"
+    assert markdown_gallery(build_sections(find_runs([sweep])), out) == "\n".join(
+        [
+            "## Gallery\n",
+            "The latest file of each media key in each group's runs.\n",
+            "### classify: optim.lr=0.01\n",  # the other group has no media: no section
+            f"- `glimpses` (trial-lr0.01-seed0): [glimpses.gif]({media.format(0)}glimpses.gif)",
+            f"- `test/mistakes` (step 300, trial-lr0.01-seed1): "
+            f"![test/mistakes]({media.format(1)}test_mistakes-000000300.png)",
+            f"- `video` (step 300, trial-lr0.01-seed0): [video-000000300.mp4]({media.format(0)}video-000000300.mp4)",
+            "",
+        ]
     )
 
 
@@ -182,13 +294,28 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(sweep, tmp_path, capsys,
 # ----------------------------------------------------------------------------------- the registry
 def test_report_reads_units_goals_and_step_units_from_the_registry():
     assert {name: a.scores() for name, a in ALGORITHMS.items()} == {
-        "classify": ["test/error", "val/error", "test/loss", "train/loss"],
+        "classify": ["test/error", "val/error", "test/loss", "train/loss", "test/errors", "test/attack/error"],
         "ram": ["test/error", "train/loss", "train/reward"],
         "dqn": ["eval/return", "eval/hns", "train/episode_return", "train/loss"],
         "reinforce": ["train/return_100", "train/episode_return", "train/loss", "train/hns_100"],
         "pixelcnn": ["test/nll_nats", "test/bits_per_dim", "train/loss"],
         "vae": ["test/elbo_nats", "test/nll_nats", "test/nll_bits_per_dim", "train/loss", "samples/fid_lenet"],
         "dcgan": ["samples/fid_lenet", "samples/is_lenet"],
+        "style_transfer": ["train/loss", "train/content_loss", "train/style_loss"],
+        "compress": [
+            "test/error",
+            "test/error_shared",
+            "test/error_pruned",
+            "test/error_dense",
+            "compression/ratio",
+            "compression/weights_ratio",
+            "bytes/compressed",
+            "bytes/stored",
+            "test/error_int8",
+            "bytes/int8",
+            "speed/int8_over_fp32",
+            "train/loss",
+        ],
     }
     assert {name: a.step_unit for name, a in ALGORITHMS.items() if a.step_unit != "optimizer steps"} == {
         "dqn": "agent steps",
@@ -215,7 +342,17 @@ def test_the_cli_finds_the_modules_that_call_register_at_their_top_level(tmp_pat
     monkeypatch.setattr(shared.cli, "REPO", tmp_path)
     assert shared.cli.algorithm_modules() == ["shared.algo", "rl.b"]
     monkeypatch.undo()
-    assert set(ALGORITHMS) == {"classify", "ram", "dqn", "reinforce", "pixelcnn", "vae", "dcgan"}
+    assert set(ALGORITHMS) == {
+        "classify",
+        "compress",
+        "ram",
+        "dqn",
+        "reinforce",
+        "pixelcnn",
+        "vae",
+        "dcgan",
+        "style_transfer",
+    }
     assert sorted(shared.cli.algorithm_modules()) == sorted(a.train.__module__ for a in ALGORITHMS.values())
 
 

@@ -16,6 +16,8 @@ from shared.cli.reproduce import (
     BUDGETS,
     README_MARKERS,
     entry_names,
+    format_verdict,
+    judge,
     load_entry,
     results_table,
     sweep_spec,
@@ -115,9 +117,13 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     assert measured["std"] == pytest.approx(statistics.stdev(expected))
     assert measured["difference"] == pytest.approx(measured["mean"] - entry.published["value"])
     assert measured["wall_time_s"] > 0 and measured["command"] == f"pixlab reproduce {name} --budget smoke"
+    judged = judge(expected, entry.published["value"], entry.metric.goal)
+    assert (measured["verdict"], measured["confidence"]) == (judged["verdict"], 0.95)
+    assert measured["interval"] == pytest.approx(judged["interval"]) and judged["verdict"] in ("reached", "short")
 
     row = [line for line in result.stdout.splitlines() if line.startswith(f"| {name} |")]
     assert len(row) == 1 and f"{expected[0]:.2f}" in row[0] and entry.published["source"] in row[0]
+    assert f" | {format_verdict(entry, measured)} | " in row[0]
     assert (folder / "reproduce.md").read_text().strip() == result.stdout.strip()
     readme = results_table(tmp_path / "runs", budgets=("smoke",))
     assert f"`pixlab reproduce {name} --budget smoke`" in readme
@@ -133,6 +139,69 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     with pytest.raises(ConfigError, match="no results table to replace"):
         update_readme(tmp_path / "NOTES.md", tmp_path / "runs")
     assert (tmp_path / "NOTES.md").read_text() == "no markers\n"
+
+
+# ----------------------------------------------------------------------------------------- the verdict
+# Three seeds: the interval of their mean is [min, max] (the resample of the lowest, or the highest, seed three
+# times has probability 1/27 = 3.7%, more than the 2.5% tail).
+@pytest.mark.parametrize(
+    "values, published, goal, verdict",
+    [
+        ([0.71, 0.80, 0.68], 0.95, "minimize", "reached"),  # the interval [0.68, 0.80] beats the published error
+        ([0.71, 0.80, 0.68], 0.75, "minimize", "reached"),  # it contains it
+        ([0.71, 0.80, 0.68], 0.60, "minimize", "short"),  # its lowest end is above it
+        ([18.0, 19.0, 20.0], 15.0, "maximize", "reached"),  # the interval [18, 20] beats the published return
+        ([18.0, 19.0, 20.0], 20.0, "maximize", "reached"),  # its top end touches it
+        ([18.0, 19.0, 20.0], 21.0, "maximize", "short"),
+    ],
+)
+def test_the_verdict_compares_the_interval_with_the_published_figure_in_the_goals_direction(
+    values, published, goal, verdict
+):
+    assert judge(values, published, goal) == {
+        "interval": pytest.approx([min(values), max(values)]),
+        "confidence": 0.95,
+        "verdict": verdict,
+    }
+
+
+def test_one_seed_has_no_interval_and_no_published_figure_no_verdict():
+    assert judge([0.7], 0.95, "minimize") == {"interval": None, "confidence": 0.95, "verdict": "single seed"}
+    assert judge([1.0, 3.0], None, "minimize")["verdict"] == "n.a."
+    assert judge([], 0.95, "minimize") == {"interval": None, "confidence": 0.95, "verdict": "n.a."}
+
+
+def test_the_table_judges_a_reproduce_json_written_before_verdicts_from_its_seeds(tmp_path):
+    old = {  # the fields of a reproduce.json of 2026-11 (runs/reproduce-lenet5-mnist-cpu): no interval, no verdict
+        "entry": "lenet5-mnist",
+        "model": "LeNet-5",
+        "task": "MNIST test error",
+        "metric": "test/error",
+        "budget": "cpu",
+        "about": "the full budget",
+        "seeds": [0, 1, 2],
+        "values": [0.71, 0.8, 0.68],
+        "mean": 0.73,
+        "std": 0.0624,
+        "trials": 3,
+        "published": 0.95,
+        "source": "LeCun et al. 1998, LeNet-5 without distortions",
+        "published_text": None,
+        "difference": -0.22,
+        "wall_time_s": 1211.2,
+        "wall_time_per_seed_s": 403.7,
+        "command": "pixlab reproduce lenet5-mnist --budget cpu",
+        "measured": "2026-11-23T03:59:11",
+    }
+    (tmp_path / "reproduce-lenet5-mnist-cpu").mkdir()
+    (tmp_path / "reproduce-lenet5-mnist-cpu" / "reproduce.json").write_text(json.dumps(old))
+    header, _, row = results_table(tmp_path).splitlines()
+    assert header.split(" | ")[4] == "verdict" and row.split(" | ")[4] == "reached (95% CI [0.68, 0.80]%)"
+    entry = load_entry("lenet5-mnist")
+    assert format_verdict(entry, old | {"values": [0.71]}) == "single seed"
+    assert format_verdict(entry, {k: v for k, v in old.items() if k != "values"}) == "n.a."
+    stored = old | {"interval": [0.5, 0.6], "confidence": 0.9, "verdict": "reached"}  # a new file: read as written
+    assert format_verdict(entry, stored) == "reached (90% CI [0.50, 0.60]%)"
 
 
 def _smoke_marks(name: str) -> list:

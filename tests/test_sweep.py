@@ -135,8 +135,43 @@ def test_random_draws_are_seeded_and_inside_their_distributions(tmp_path):
         ),
         ({"method": "random", "parameters": {"optim.lr": {"values": [0.1]}}}, "method random needs run_cap"),
         (
-            {"method": "bayes", "parameters": {"optim.lr": {"min": 0.001, "max": 0.1}}},
-            "method bayes needs W&B's sweep server",
+            {
+                "method": "bayes",
+                "metric": {"name": "test/error"},
+                "parameters": {"optim.lr": {"min": 0.001, "max": 0.1}},
+            },
+            "method bayes needs run_cap, the number of points to try",
+        ),
+        ({"method": "bayes", "run_cap": 4}, "method bayes needs `metric`, the number it optimizes"),
+        (
+            {"metric": {"name": "test/error"}, "early_terminate": {"type": "hyperbnd", "min_iter": 2}},
+            "early_terminate.type='hyperbnd' is not a valid choice; valid choices: hyperband",
+        ),
+        (
+            {"metric": {"name": "test/error"}, "early_terminate": {"type": "hyperband", "min_itr": 2}},
+            "unknown key 'early_terminate.min_itr' (did you mean 'min_iter'?)",
+        ),
+        (
+            {"metric": {"name": "test/error"}, "early_terminate": {"type": "hyperband", "min_iter": 0}},
+            "early_terminate.min_iter=0 must be an integer >= 1",
+        ),
+        (
+            {"metric": {"name": "test/error"}, "early_terminate": {"type": "hyperband", "eta": 3}},
+            "early_terminate needs `min_iter` (or `max_iter` and `s`)",
+        ),
+        (
+            {"metric": {"name": "test/error"}, "early_terminate": {"type": "hyperband", "max_iter": 2, "s": 1}},
+            "early_terminate.max_iter=2 is below eta=3: no band to stop trials at",
+        ),
+        ({"early_terminate": {"type": "hyperband", "min_iter": 2}}, "early_terminate needs `metric`"),
+        (
+            {
+                "method": "bayes",
+                "run_cap": 4,
+                "metric": {"name": "test/error"},
+                "parameters": {"optim.lr": {"distribution": "q_uniform", "min": 0.1, "max": 0.15, "q": 0.2}},
+            },
+            "parameters.optim.lr: no multiple of q=0.2 lies in [0.1, 0.15]",
         ),
         ({"seeds": 0}, "seeds=0 must be an integer >= 1"),
         # the spec's own overrides: the message names the spec file and the override
@@ -157,7 +192,11 @@ def test_bad_spec_exits_2_naming_the_problem_before_anything_is_written(tmp_path
 
 def test_wandb_backend_says_why_it_cannot_run_offline_or_logged_out(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    spec = str(write_spec(tmp_path, method="bayes", parameters={"optim.lr": {"min": 0.001, "max": 0.1}}))
+    spec = str(
+        write_spec(
+            tmp_path, method="bayes", metric={"name": "test/error"}, parameters={"optim.lr": {"min": 0.001, "max": 0.1}}
+        )
+    )
     assert main(["sweep", spec, "--backend", "wandb"]) == 2  # conftest sets WANDB_MODE=offline
     assert "W&B is switched off here (WANDB_MODE=offline)" in capsys.readouterr().err
     monkeypatch.delenv("WANDB_MODE")

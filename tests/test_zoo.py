@@ -176,7 +176,7 @@ EXPECTED = {
 
 
 def test_every_zoo_name_is_registered():
-    assert set(MODELS) == set(EXPECTED) | {"lenet5"}
+    assert set(MODELS) == set(EXPECTED) | set(MLPS) | {"lenet5", "lenet5_caffe"}  # both LeNets: test_compress.py
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -292,3 +292,38 @@ def test_alexnet_init_and_normalisation_are_the_papers():
     window_sums = [(a[:, max(0, i - 2) : min(95, i + 2) + 1] ** 2).sum(1) for i in range(96)]  # 96 x (1, 3, 3)
     expected = torch.stack([a[:, i] / (2 + 1e-4 * window_sums[i]) ** 0.75 for i in range(96)], dim=1)
     torch.testing.assert_close(f.norm1(a), expected, rtol=1e-5, atol=1e-6)
+
+
+# The MLPs on MNIST (C = 10, 1 x 28 x 28 inputs): name -> (hidden sizes, trainable parameters).
+MLPS = {
+    "mlp_1200_1200": ((1200, 1200), linear(784, 1200) + linear(1200, 1200) + linear(1200, 10)),  # 2,395,210
+    "mlp_800_800": ((800, 800), linear(784, 800) + linear(800, 800) + linear(800, 10)),  # 1,276,810
+    # Han et al. 2015, Table 1: LeNet-300-100 has 267K weights.
+    "lenet_300_100": ((300, 100), linear(784, 300) + linear(300, 100) + linear(100, 10)),  # 266,610
+}
+
+
+@pytest.mark.parametrize("name", list(MLPS))
+def test_mlp_count_shape_head_and_dropout(name):
+    hidden, parameters = MLPS[name]
+    model = build_model(name, num_classes=10, in_channels=1)
+    assert count_parameters(model) == parameters
+    assert [layer.out_features for layer in model.hidden] == list(hidden)
+    assert model.input_size == 28 and model.get_submodule(model.head) is model.output
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))  # no dropout in evaluation
+        train_differs = not torch.equal(model.train()(x), model.eval()(x))
+    assert train_differs == (name == "mlp_1200_1200")  # only the teacher has dropout
+    with pytest.raises(ValueError, match="data.pad=10"):
+        model(torch.randn(2, 1, 8, 8))
+
+
+def test_mlp_counts_are_the_papers():
+    assert {name: parameters for name, (_, parameters) in MLPS.items()} == {
+        "mlp_1200_1200": 2_395_210,
+        "mlp_800_800": 1_276_810,
+        "lenet_300_100": 266_610,
+    }
+    teacher = build_model("mlp_1200_1200", num_classes=10, in_channels=1)
+    assert (teacher.input_dropout, teacher.dropout) == (0.2, 0.5)  # Srivastava et al. 2014, MNIST

@@ -13,9 +13,13 @@
     pixlab bench smoke --device DEVICE [--steps N] [--set TRAINER:KEY=VALUE ...]
                                           every trainer for N steps on DEVICE (AMP and compile on cuda),
                                           steps/s each; exit 1 if any failed (shared/cli/smoke.py)
-    pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]
-                                          mean +/- std learning curves over seeds, a table (report.md, .csv)
-                                          and sweep plots, from metrics.jsonl (shared/cli/report.py)
+    pixlab attack RUN [...]               FGSM/PGD against a classify run over a sweep of epsilon (shared/cli/attack.py)
+    pixlab explain RUN [...]              saliency, guided backprop, class models and their sanity check (shared/cli/explain.py)
+    pixlab compress RUN [KEY=VALUE ...]   prune, share weights and quantize a classify run (shared/cli/compress.py)
+    pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR] [--stats]
+                                          mean learning curves over seeds, a table (report.md, .csv), sweep
+                                          plots and a media gallery, from the run folders; --stats: intervals
+                                          (shared/cli/report.py, shared/stats.py)
     pixlab report --wandb-workspace FILE  the W&B workspace layout of the registered algorithms (its panels)
     pixlab sweep SPEC [--workers N] [--backend local|slurm|wandb]
                                           the trials of a W&B-format sweep spec, one run folder each in
@@ -53,6 +57,9 @@ from shared.errors import PixlabError
 # new algorithm is one new file; it reads the files' text instead of importing every module, so the modules
 # that are not algorithms (benchmarks, env wrappers) and their optional dependencies stay out of every command.
 ALGORITHM_PACKAGES = ("shared", "rl", "generative")
+# Verbs that work on a finished run; each module adds its own parser (`add_parser(commands)`) and imports torch
+# only inside its command, so that `pixlab --help` stays fast.
+ANALYSIS_VERBS = ("attack", "explain", "compress")
 REGISTER_CALL = re.compile(r"^register\(", re.MULTILINE)
 
 
@@ -157,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     direction.add_argument("--lower-better", dest="higher_better", action="store_false", help="best = the minimum")
     report.add_argument(
+        "--stats",
+        action="store_true",
+        help="and per group mean, median and IQM of the final values with 95%% bootstrap intervals; for two groups "
+        "the probability of improvement (stats-*.png)",
+    )
+    report.add_argument(
         "--wandb-workspace",
         type=Path,
         metavar="FILE",
@@ -194,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_pool_arguments(reproduce, backends=("local", "slurm"))
     reproduce.set_defaults(command=cmd_reproduce)
+
+    for verb in ANALYSIS_VERBS:
+        importlib.import_module(f"shared.cli.{verb}").add_parser(commands)
     return parser
 
 
@@ -347,7 +363,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise PixlabError("pixlab report needs RUNS: run folders, or folders holding run folders (runs/<sweep>)")
-    out, markdown = write_report(args.runs, args.out, args.metric, args.group_by, args.higher_better)
+    out, markdown = write_report(args.runs, args.out, args.metric, args.group_by, args.higher_better, args.stats)
     print(markdown)
     print(f"pixlab: report written to {out}", file=sys.stderr)
     return 0

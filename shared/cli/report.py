@@ -1,9 +1,10 @@
-"""`pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR]`: learning curves, a results table and
-sweep plots, read from the runs' metrics.jsonl alone (no W&B needed).
+"""`pixlab report RUNS... [--metric M] [--group-by KEY] [--out DIR] [--stats]`: learning curves, a results table,
+sweep plots and a gallery of the runs' media, read from the run folders alone (no W&B needed).
 
     pixlab report runs/<sweep>                               every trial below it, grouped over seeds
     pixlab report runs/a runs/b --metric train/loss          any runs, one metric
     pixlab report runs/ --group-by agent.double --out /tmp/r group by a dotted config key
+    pixlab report runs/a runs/b --stats                      and whether the difference is real: intervals
 
 What it does, top to bottom:
 
@@ -23,12 +24,15 @@ What it does, top to bottom:
 4. Groups. Runs whose configs are equal apart from the IGNORED keys (seed, name, runs_dir, device,
    tracking.*, checkpoint.*) are the seeds of one group; `--group-by key.path` groups by that key's
    value instead. A group is labelled by the config keys whose values differ between groups.
-5. Curves. Per group, the mean over seeds, with a band of one standard deviation (sample std, ddof=1;
-   no band for one seed). Unequal step grids: when every seed logged at the same steps the curve uses
+5. Curves. Per group, the mean over seeds, with a band: the 95% bootstrap interval of that mean at each step
+   (shared/stats.py, `mean_band`; no band for one seed). Unequal step grids: when every seed logged at the same steps the curve uses
    those steps; otherwise each seed is linearly interpolated onto the union of the seeds' steps inside
    the range that every seed covers ([latest first step, earliest last step]). Each point is then a
    mean over all n seeds, nothing is extrapolated, and the curve ends where the shortest seed ended.
    Seeds that share no step range at all (one point each at different steps) are drawn one by one.
+   When runs of the section come from the sweep of a reproduce entry (runs/reproduce-<entry>-<budget>, the
+   sweep's name in each trial's runs_dir and tracking.group) that measures this metric, the entry's published
+   figure is a dashed horizontal line, its source in the legend.
 6. Table. Per group: seeds, final value (each run's last logged value; mean +/- std over seeds), best
    value (each run's min or max of its finite values, by the metric's direction; mean +/- std), and the
    runs' last steps. A group with a value that is not finite shows each run's value instead of a mean.
@@ -38,6 +42,17 @@ What it does, top to bottom:
    parameters. For each, the final value of every group (mean +/- std error bar over seeds) against the
    parameter; a log x axis for positive numbers that span two decades or more. Drawn when 1 to
    MAX_SWEPT keys differ: runs that differ in more are unrelated experiments, not a sweep.
+8. Statistics (--stats). Per group, the mean, median and IQM of the runs' final values, each with a 95%
+   stratified-bootstrap interval, and for exactly two groups the probability that a run of the first beats a run
+   of the second in the metric's direction (Agarwal et al. 2021; definitions and resampling in shared/stats.py).
+   A group's tasks, the strata, are its runs split by config (IGNORED keys aside): the seeds of one config are one
+   task, and a --group-by group of several configs has several. The two groups' tasks are compared pairwise when
+   they are the same configs, else pooled. A table in report.md, the values in report.csv, and
+   stats-<section>.png drawn as rliable draws them: per statistic, a bar for each group's interval and a tick
+   at its point estimate.
+9. Gallery. For each group, the latest file (highest step) of each media key in its runs' media/ folders
+   (PNG embedded, GIF and MP4 linked), with the key it was logged under: a file is <key, / as _>-<step>.<ext>,
+   the key read back from the algorithm's registered media keys (else the file's prefix is shown).
 
 Units: each algorithm's `register()` call (shared/config.py, `Metric`) gives its metrics their goal, unit
 and scale; values are shown in that unit (test/error, logged as a fraction, is shown in %). A metric it
@@ -57,16 +72,20 @@ import csv
 import dataclasses
 import datetime as _dt
 import json
+import os
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import yaml
 
+from shared import stats
+from shared.cli.sweep import write_objective_plot
 from shared.config import ALGORITHMS, Metric, did_you_mean
-from shared.errors import PixlabError
+from shared.errors import ConfigError, PixlabError
 from shared.tracking import read_metrics
 
 HIGHER_IS_BETTER_WORDS = ("return", "reward", "hns", "accuracy", "is_")
@@ -76,6 +95,9 @@ FALLBACK_METRICS = ("test/error", "eval/return", "train/loss")  # for runs of an
 IGNORED_KEYS = {"seed", "name", "runs_dir", "device"}
 IGNORED_PREFIXES = ("tracking.", "checkpoint.")
 MAX_SWEPT = 4
+MEDIA_SUFFIXES = (".png", ".gif", ".mp4")
+MEDIA_NAME = re.compile(r"^(?P<slug>.+)-(?P<step>\d+)$")  # <key, / as _>-<step>, as shared/tracking.py names them
+REPRODUCE_SWEEP = re.compile(r"^reproduce-(?P<entry>.+)-(?P<budget>full|cpu|smoke)$")  # shared/cli/reproduce.py
 
 
 @dataclass
@@ -128,6 +150,10 @@ class Group:
     def last_steps(self) -> list[int]:
         return [int(steps[-1]) for steps, _ in self.series]
 
+    def tasks(self) -> list[np.ndarray]:
+        """The final values split by task, the strata of the bootstrap: one config's seeds are one task."""
+        return list(by_task(self.runs, self.finals(), differing_keys(self.runs)).values())
+
 
 @dataclass
 class Section:
@@ -138,6 +164,7 @@ class Section:
     groups: list[Group]
     swept: dict[str, list[Any]]  # swept key -> its value in each group of `sweep_groups`
     sweep_groups: list[Group]  # the seed groups (runs equal but for seed), whatever --group-by says
+    published: list[tuple[float, str]] = field(default_factory=list)  # (value, legend label) of reproduce entries
 
     @property
     def slug(self) -> str:
@@ -227,9 +254,41 @@ def build_sections(
             if all(_is_scalar(g.runs[0].config.get(k)) for g in seed_groups)
         }
         sections.append(
-            Section(algo, described, groups, sweepable if 1 <= len(swept) <= MAX_SWEPT else {}, seed_groups)
+            Section(
+                algo,
+                described,
+                groups,
+                sweepable if 1 <= len(swept) <= MAX_SWEPT else {},
+                seed_groups,
+                published_figures(kept, described),
+            )
         )
     return sections
+
+
+def published_figures(runs: list[RunRecord], metric: Metric) -> list[tuple[float, str]]:
+    """(value in the metric's shown unit, legend label) of the published figure of each reproduce entry whose sweep
+    (runs/reproduce-<entry>-<budget>) holds some of `runs` and that measures `metric`."""
+    from shared.cli.reproduce import entry_names, load_entry
+
+    known = set(entry_names())
+    names = set()
+    for run in runs:
+        for sweep in (run.config.get("tracking.group"), Path(str(run.config.get("runs_dir", ""))).name):
+            match = REPRODUCE_SWEEP.match(str(sweep))
+            if match and match["entry"] in known:
+                names.add(match["entry"])
+    figures = []
+    for name in sorted(names):
+        try:
+            entry = load_entry(name)
+        except ConfigError as e:
+            _warn(f"no published figure drawn for reproduce entry {name}: {e}")
+            continue
+        value = entry.published["value"]
+        if entry.metric.name == metric.name and value is not None:
+            figures.append((float(value), f"published: {entry.shown(value)} ({entry.published['source']})"))
+    return figures
 
 
 def describe_metric(name: str, algo: str, higher_better: Optional[bool] = None) -> Metric:
@@ -281,6 +340,14 @@ def group_runs(runs: list[RunRecord], group_by: Optional[str], metric: Metric) -
     return groups
 
 
+def by_task(runs: list[RunRecord], values: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+    """`values` (one per run) split by the runs' values of the config `keys`: {task: values of its runs}."""
+    tasks: dict[str, list[float]] = {}
+    for run, value in zip(runs, values):
+        tasks.setdefault(json.dumps([run.config.get(k) for k in keys], default=str), []).append(value)
+    return {task: np.array(v) for task, v in tasks.items()}
+
+
 def differing_keys(runs: list[RunRecord]) -> list[str]:
     """Config keys, IGNORED excepted, whose values are not the same in every run."""
     keys = sorted(set().union(*(run.config for run in runs)))
@@ -293,18 +360,16 @@ def differing_keys(runs: list[RunRecord]) -> list[str]:
     ]
 
 
-def mean_curve(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, mean, std) over seeds; unequal step grids are interpolated inside their common range."""
+def common_grid(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values (seeds, steps)): the seeds on one step grid; unequal grids are interpolated inside their
+    common range."""
     grids = [steps for steps, _ in series]
     if all(np.array_equal(grids[0], g) for g in grids[1:]):
-        steps, values = grids[0], np.stack([v for _, v in series])
-    else:
-        first, last = max(g[0] for g in grids), min(g[-1] for g in grids)
-        steps = np.unique(np.concatenate(grids))
-        steps = steps[(steps >= first) & (steps <= last)]
-        values = np.stack([np.interp(steps, s, v) for s, v in series])
-    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(len(steps))
-    return steps, values.mean(axis=0), std
+        return grids[0], np.stack([v for _, v in series])
+    first, last = max(g[0] for g in grids), min(g[-1] for g in grids)
+    steps = np.unique(np.concatenate(grids))
+    steps = steps[(steps >= first) & (steps <= last)]
+    return steps, np.stack([np.interp(steps, s, v) for s, v in series])
 
 
 # --------------------------------------------------------------------- writing
@@ -314,8 +379,10 @@ def write_report(
     metric: Optional[str] = None,
     group_by: Optional[str] = None,
     higher_better: Optional[bool] = None,
+    with_stats: bool = False,
 ) -> tuple[Path, str]:
-    """Read the runs, check the request, then write the PNGs, report.md and report.csv to `out`.
+    """Read the runs, check the request, then write the PNGs, report.md and report.csv to `out`; `with_stats`:
+    the statistics of --stats too.
 
     Returns (the folder written, the markdown). Nothing is written when the input is bad.
     """
@@ -339,8 +406,20 @@ def write_report(
             if section.swept:
                 images.append(plot_sweep(section, out / f"sweep-{section.slug}.png"))
             parts.append(markdown_section(section, [p.name for p in images]))
-            rows += csv_rows(section)
-    markdown = "\n".join(parts)
+            section_rows = csv_rows(section)
+            if with_stats:
+                estimates = [stats.aggregates(g.tasks()) for g in section.groups]
+                improvement = improvement_of(section)
+                image = plot_stats(section, estimates, improvement, out / f"stats-{section.slug}.png")
+                parts.append(markdown_stats(section, estimates, improvement, image.name))
+                for row, group, estimate in zip(section_rows, section.groups, estimates):
+                    row |= stats_columns(group, estimate)
+            rows += section_rows
+    for folder in paths:  # a sweep with an Optuna study (shared/cli/sweep/search.py): its objective per trial
+        if image := write_objective_plot(Path(folder), out / f"objective-{Path(folder).resolve().name}.png"):
+            parts.append(f"## The search\n\n![objective per trial]({image.name})\n")
+    parts.append(markdown_gallery(sections, out))
+    markdown = "\n".join(part for part in parts if part)
     (out / "report.md").write_text(markdown)
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -393,21 +472,31 @@ def csv_rows(section: Section) -> list[dict]:
 
 
 def plot_curves(section: Section, path: Path) -> Path:
-    """Mean +/- std learning curve of every group on one axis."""
+    """The learning curves of `curves_figure`, as a PNG at `path`."""
+    curves_figure(section).savefig(path)
+    return path
+
+
+def curves_figure(section: Section):
+    """The mean learning curve of every group on one axis, with the bootstrap interval of the mean as a band, and
+    the published figure of the runs' reproduce entry, if any, as a dashed line. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
     from matplotlib.ticker import EngFormatter
 
     fig = Figure(figsize=(9, 5.5), dpi=120, layout="constrained")
     ax = fig.add_subplot()
+    band = f"{stats.CONFIDENCE:.0%} bootstrap interval of the mean over seeds"
+    banded = False
     for g in section.groups:
-        steps, mean, std = (_finite(a) for a in mean_curve(g.series))  # a diverged run's values: gaps
+        steps, values = common_grid(g.series)
         if len(steps) == 0:  # the seeds share no step range: each drawn alone, in the group's colour
             color = None
-            for i, (run_steps, values) in enumerate(g.series):
+            for i, (run_steps, run_values) in enumerate(g.series):
                 label = f"{g.label} (n={len(g.runs)}, no common steps)" if i == 0 else None
                 (line,) = ax.plot(
                     run_steps,
-                    _finite(values),
+                    _finite(run_values),
                     marker="o",
                     markersize=4,
                     linewidth=1.0,
@@ -418,17 +507,24 @@ def plot_curves(section: Section, path: Path) -> Path:
                 color = line.get_color()
             continue
         marker = "o" if len(steps) <= 30 else None
+        mean = _finite(values.mean(axis=0))  # a diverged run's values: gaps
         (line,) = ax.plot(steps, mean, marker=marker, markersize=4, linewidth=1.6, label=f"{g.label} (n={len(g.runs)})")
-        if len(g.runs) > 1:
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        interval = stats.mean_band(values)
+        if interval is not None:
+            ax.fill_between(steps, *interval, color=line.get_color(), alpha=0.2, linewidth=0)
+            banded = True
+    for value, label in section.published:
+        ax.axhline(value, color="black", linestyle="--", linewidth=1.2, label=label)
+    handles, _ = ax.get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(color="grey", alpha=0.3, label=f"band: {band}"))
     ax.set_xlabel(f"step ({ALGORITHMS[section.algo].step_unit if section.algo in ALGORITHMS else 'steps'})")
     ax.set_ylabel(metric_label(section.metric))
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.set_title(f"{section.algo}: {section.metric.name}, mean ± std over seeds")
+    ax.set_title(f"{section.algo}: {section.metric.name}, mean over seeds" + (f"; band: {band}" if banded else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.savefig(path)
-    return path
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    return fig
 
 
 def plot_sweep(section: Section, path: Path) -> Path:
@@ -460,6 +556,165 @@ def plot_sweep(section: Section, path: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------- statistics (--stats)
+def improvement_of(section: Section) -> Optional[tuple[stats.Estimate, bool]]:
+    """For a section of exactly two groups: P(a run of the first beats one of the second) in the metric's direction,
+    and whether their tasks were compared pairwise (the same configs) rather than pooled. None for other counts
+    of groups, or when a final value is not finite."""
+    if len(section.groups) != 2:
+        return None
+    first, second = section.groups
+    if not (np.isfinite(first.finals()).all() and np.isfinite(second.finals()).all()):
+        return None
+    keys = sorted(set(differing_keys(first.runs)) | set(differing_keys(second.runs)))
+    a, b = by_task(first.runs, first.finals(), keys), by_task(second.runs, second.finals(), keys)
+    paired = set(a) == set(b)
+    x, y = ([a[t] for t in sorted(a)], [b[t] for t in sorted(a)]) if paired else ([first.finals()], [second.finals()])
+    sign = 1.0 if section.metric.higher_better else -1.0  # better = greater, after the sign
+    return stats.improvement([sign * t for t in x], [sign * t for t in y]), paired
+
+
+def markdown_stats(
+    section: Section,
+    estimates: list[dict[str, stats.Estimate]],
+    improvement: Optional[tuple[stats.Estimate, bool]],
+    image: str,
+) -> str:
+    """The --stats table of a section: each group's aggregates of its final values with their intervals."""
+    m = section.metric
+    names = list(stats.AGGREGATES)
+    lines = [
+        f"### Final {metric_label(m)}: {', '.join(names)} with {stats.CONFIDENCE:.0%} intervals\n",
+        f"| group | runs | {' | '.join(names)} |",
+        "| --- | ---: |" + " ---: |" * len(names),
+    ]
+    for g, estimate in zip(section.groups, estimates):
+        tasks = len(g.tasks())
+        runs = f"{len(g.runs)}" + (f" ({tasks} tasks)" if tasks > 1 else "")
+        cells = [_estimate(estimate[name]) if np.isfinite(g.finals()).all() else "not finite" for name in names]
+        lines.append(f"| {g.label} | {runs} | {' | '.join(cells)} |")
+    lines.append(
+        f"\nIntervals: {stats.CONFIDENCE:.0%} percentile intervals of {stats.RESAMPLES:,} stratified bootstrap "
+        "resamples (each task's runs resampled on their own; a task is one config's seeds), seeded, so the same "
+        "every time; none where every task has one run. IQM: the mean of the middle 50% of the runs (Agarwal et "
+        "al. 2021)."
+    )
+    if improvement is not None:
+        estimate, paired = improvement
+        first, second = (g.label for g in section.groups)
+        how = "task by task" if paired else "pooled (the two groups' configs differ)"
+        lines.append(
+            f"\nProbability of improvement: P({first} better than {second}) = {_estimate(estimate)}: the chance "
+            f"that a run of the first has the {'higher' if m.higher_better else 'lower'} final {m.name}, ties "
+            f"counting 1/2, {how}. 0.5: no difference; an interval that excludes 0.5: a difference the seeds show."
+        )
+    elif len(section.groups) == 2:
+        lines.append("\nProbability of improvement: not computed, a final value is not finite.")
+    lines += ["", f"![{image}]({image})", ""]
+    return "\n".join(lines)
+
+
+def stats_columns(group: Group, estimate: dict[str, stats.Estimate]) -> dict:
+    """report.csv's --stats columns of a group: each aggregate and its interval (blank: none)."""
+    columns: dict[str, Any] = {"tasks": len(group.tasks())}
+    for name, e in estimate.items():
+        columns |= {name.lower(): e.value, f"{name.lower()}_low": e.low, f"{name.lower()}_high": e.high}
+    return columns
+
+
+def plot_stats(
+    section: Section,
+    estimates: list[dict[str, stats.Estimate]],
+    improvement: Optional[tuple[stats.Estimate, bool]],
+    path: Path,
+) -> Path:
+    """Interval estimates as rliable draws them: one panel a statistic, one row a group, a bar over the interval
+    and a tick at the point estimate; for two groups a last panel with the probability of improvement."""
+    from matplotlib.figure import Figure
+
+    names = list(stats.AGGREGATES)
+    panels = len(names) + (improvement is not None)
+    rows = len(section.groups)
+    fig = Figure(figsize=(3.4 * panels + 1.5, 0.5 * rows + 1.8), dpi=120, layout="constrained")
+    for j, name in enumerate(names):
+        ax = fig.add_subplot(1, panels, j + 1)
+        for i, estimate in enumerate(estimates):
+            _interval_row(ax, i, estimate[name], f"C{i}")
+        ax.set_yticks(range(rows), [g.label for g in section.groups] if j == 0 else [])
+        ax.set_ylim(rows - 0.5, -0.5)  # the first group on top
+        ax.set_xlabel(f"final {metric_label(section.metric)}")
+        ax.set_title(name)
+        ax.grid(axis="x", alpha=0.3)
+    if improvement is not None:
+        ax = fig.add_subplot(1, panels, panels)
+        _interval_row(ax, 0, improvement[0], "C0")
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+        first, second = (g.label for g in section.groups)
+        ax.set_yticks([0], [f"X = {first}\nY = {second}"])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0.5, -0.5)
+        ax.set_xlabel("P(X better than Y)")
+        ax.set_title("probability of improvement")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(
+        f"{section.algo}: final {section.metric.name}, point estimate (tick) and "
+        f"{stats.CONFIDENCE:.0%} stratified-bootstrap interval (bar)",
+        fontsize=10,
+    )
+    fig.savefig(path)
+    return path
+
+
+def _interval_row(ax, row: int, estimate: stats.Estimate, color: str) -> None:
+    """One row of an interval plot: the interval as a bar (when there is one), the point estimate as a tick."""
+    if estimate.interval is not None:
+        ax.barh(row, estimate.high - estimate.low, left=estimate.low, height=0.6, color=color, alpha=0.75)
+    if np.isfinite(estimate.value):
+        ax.vlines(estimate.value, row - 0.35, row + 0.35, color="black", linewidth=2)
+
+
+# --------------------------------------------------------------------- the gallery
+def latest_media(group: Group, algo: str) -> dict[str, tuple[Path, int]]:
+    """{media key: (the latest file of it in the group's runs' media/, its step)}: the highest step, the first run
+    of the group on a tie. Files are <key, / as _>-<step>.<png|gif|mp4>; the key is read back from the algorithm's
+    registered media keys, else it is the file's prefix; a file without a step counts as step -1."""
+    registered = {key.replace("/", "_"): key for key in (ALGORITHMS[algo].media if algo in ALGORITHMS else ())}
+    latest: dict[str, tuple[Path, int]] = {}
+    for run in group.runs:
+        media = run.dir / "media"
+        files = sorted(media.iterdir()) if media.is_dir() else []
+        for path in files:
+            if path.name.startswith(".") or path.suffix.lower() not in MEDIA_SUFFIXES or not path.is_file():
+                continue  # a temporary name of a file still being written, or not media
+            match = MEDIA_NAME.match(path.stem)
+            slug, step = (match["slug"], int(match["step"])) if match else (path.stem, -1)
+            key = registered.get(slug, slug)
+            if key not in latest or step > latest[key][1]:
+                latest[key] = (path, step)
+    return latest
+
+
+def markdown_gallery(sections: list[Section], out: Path) -> str:
+    """report.md's Gallery: each group's latest media, PNG embedded and GIF/MP4 linked, paths relative to `out`;
+    empty when no run has media."""
+    lines = []
+    for section in sections:
+        for g in section.groups:
+            found = latest_media(g, section.algo)
+            if not found:
+                continue
+            lines.append(f"### {section.algo}: {g.label}\n")
+            for key, (path, step) in sorted(found.items()):
+                link = Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
+                shown = f"![{key}]({link})" if path.suffix.lower() == ".png" else f"[{path.name}]({link})"
+                when = f"step {step:,}, " if step >= 0 else ""
+                lines.append(f"- `{key}` ({when}{path.parent.parent.name}): {shown}")
+            lines.append("")
+    if not lines:
+        return ""
+    return "\n".join(["## Gallery\n", "The latest file of each media key in each group's runs.\n", *lines])
+
+
 # --------------------------------------------------------------------- the W&B workspace
 WORKSPACE_HEADER = """\
 # The standard W&B workspace of the `pixlab` project: one section per algorithm, filtered on the algorithm's
@@ -474,7 +729,8 @@ WORKSPACE_HEADER = """\
 WORKSPACE_SETTINGS = {
     "project": "pixlab",
     "x_axis": "Step",  # the `step` each trainer logs; its unit is the algorithm's registered step unit
-    "grouping": {"group_by": "Group", "aggregate": "mean", "range": "stddev"},  # as `pixlab report` draws it
+    # the mean over seeds as `pixlab report` draws it; W&B's panels have no bootstrap interval, so the band is the std
+    "grouping": {"group_by": "Group", "aggregate": "mean", "range": "stddev"},
     "smoothing": "none",
 }
 
@@ -565,6 +821,13 @@ def _mean_std(values: np.ndarray) -> str:
         return f"not finite ({', '.join(f'{v:.4g}' for v in values)})"
     std = _std(values)
     return f"{values.mean():.4g}" if std is None else f"{values.mean():.4g} ± {std:.2g}"
+
+
+def _estimate(e: stats.Estimate) -> str:
+    """'0.73 [0.68, 0.8]', or '0.73 (no interval)' when there was nothing to resample."""
+    if e.interval is None:
+        return f"{e.value:.4g} (no interval)"
+    return f"{e.value:.4g} [{e.low:.4g}, {e.high:.4g}]"
 
 
 def _steps(steps: list[int]) -> str:

@@ -26,39 +26,54 @@ as far as the config can state it, `cpu` what this project's 2-core machine does
 read the built-in `digits` set (the RAM, VAE and DCGAN trainers read MNIST only, so their smoke budgets
 need the MNIST files).
 
+An entry whose runs take another entry's runs as input says so: `needs: {entry: mlp1200-mnist, key:
+train.distill.teacher}` first reproduces mlp1200-mnist with the same budget and seeds (finding, resuming or
+making its runs), then gives the trial of seed s `train.distill.teacher=<mlp1200-mnist's run folder of seed s>`.
+
 How it runs: the entry and budget become a grid sweep spec with no parameters, the budget's overrides
 and its seeds (or --seeds K: seeds 0..K-1), named reproduce-<name>-<budget>, and shared/cli/sweep/ runs it:
 the same checks before anything is written, one run folder per seed, retries, and resume, so running the
 command again continues a cut-short cpu budget from its checkpoints. Then the metric is read from each
 seed's final summary in metrics.jsonl; measured is the mean +/- the sample standard deviation over
 seeds (ddof 1; none for one seed), difference is measured - published.
+
+Verdict: the 95% bootstrap interval of the mean over seeds (shared/stats.py: percentile, 10,000 resamples,
+seeded) beside the published figure. **reached**: the interval contains the published figure or lies on its
+better side (below it for a metric to minimize, above for one to maximize); **short**: it lies wholly on the
+worse side; **single seed**: one seed, no interval; **n.a.**: no published figure, or no seed finished.
+reproduce.json keeps the interval and the verdict; for one written before they existed, `--table` computes
+them from its per-seed values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
+from shared import stats
 from shared.atomic import atomic_write_text
 from shared.cli.sweep import TrialFunction, parse_spec, resolve_config_path, run_sweep
-from shared.config import REPO, Metric, check_keys, did_you_mean, load_config
+from shared.cli.sweep.state import read_state
+from shared.config import REPO, Algorithm, Metric, check_keys, did_you_mean, load_config
 from shared.errors import ConfigError
 from shared.provenance import git_state
 from shared.tracking import read_summary
 
 ENTRIES = REPO / "configs" / "reproduce"
 BUDGETS = ("full", "cpu", "smoke")
-ENTRY_KEYS = ("model", "task", "config", "metric", "published", "budgets", "slurm")
+ENTRY_KEYS = ("model", "task", "config", "metric", "published", "budgets", "slurm", "needs")
 METRIC_KEYS = ("name", "decimals")
 PUBLISHED_KEYS = ("value", "source", "text")
 BUDGET_KEYS = ("seeds", "overrides", "about", "config")
+NEEDS_KEYS = ("entry", "key")
 
 
 @dataclass
@@ -67,6 +82,14 @@ class Budget:
     overrides: list[str]
     about: str
     config: Optional[str] = None  # another config than the entry's (a CPU-sized variant)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """An entry whose runs are an input of this one's (a distillation's teachers, a compression's sources)."""
+
+    entry: str  # run first, with the same budget and seeds
+    key: str  # the dotted config key that gets, in each trial, the needed entry's run folder of the same seed
 
 
 @dataclass
@@ -81,6 +104,7 @@ class Entry:
     published: dict
     budgets: dict[str, Budget]
     slurm: dict = field(default_factory=dict)
+    needs: Optional[Needs] = None
 
     def shown(self, value: float) -> str:
         """A metric value in its unit and the entry's precision: 0.95%, 81.30 nats/image, 18.9."""
@@ -114,7 +138,8 @@ def load_entry(name: str) -> Entry:
         budgets[budget] = Budget(
             int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config")
         )
-    metric = _registered_metric(raw["config"], raw["metric"]["name"], path)
+    algorithm, cfg = load_config(resolve_config_path(raw["config"], str(path)))
+    metric = _registered_metric(algorithm, raw["metric"]["name"], path)
     decimals = raw["metric"].get("decimals", 2)
     return Entry(
         name,
@@ -127,12 +152,35 @@ def load_entry(name: str) -> Entry:
         raw["published"],
         budgets,
         raw.get("slurm") or {},
+        _parse_needs(raw.get("needs"), name, cfg, path),
     )
 
 
-def _registered_metric(config: str, name: str, path: Path) -> Metric:
-    """The metric `name` as the algorithm of `config` registered it: its goal, unit and scale."""
-    algorithm, _ = load_config(resolve_config_path(config, str(path)))
+_MISSING = object()
+
+
+def _parse_needs(raw: Any, name: str, cfg: Any, path: Path) -> Optional[Needs]:
+    """`needs: {entry: <another entry>, key: <a dotted key of the entry's config>}`, checked; None when absent."""
+    if raw is None:
+        return None
+    _require_keys(raw, NEEDS_KEYS, NEEDS_KEYS, str(path), "needs.")
+    other, key = raw["entry"], raw["key"]
+    known = [n for n in entry_names() if n != name]
+    if other not in known:
+        raise ConfigError(
+            f"{path}: needs.entry={other!r} is not another reproduce entry{did_you_mean(other, known)}; "
+            f"known entries: {', '.join(known)}"
+        )
+    node = cfg
+    for part in str(key).split("."):
+        node = getattr(node, part, _MISSING) if dataclasses.is_dataclass(node) else _MISSING
+    if not isinstance(key, str) or node is _MISSING:
+        raise ConfigError(f"{path}: needs.key={key!r} is not a key of the entry's config, e.g. train.distill.teacher")
+    return Needs(other, key)
+
+
+def _registered_metric(algorithm: Algorithm, name: str, path: Path) -> Metric:
+    """The metric `name` as the entry config's algorithm registered it: its goal, unit and scale."""
     metric = algorithm.metric(name)
     if metric is None or metric.goal is None:
         scores = algorithm.scores()
@@ -177,15 +225,41 @@ def reproduce(
     workers: int = 1,
     threads: int = 1,
     out=None,
+    needed_by: tuple[str, ...] = (),
 ) -> int:
-    """Run (or resume) the sweep behind an entry, then print measured beside published and write it down."""
+    """Run (or resume) the sweep behind an entry, then print measured beside published and write it down.
+
+    An entry with `needs` first reproduces the needed entry with the same budget and seeds (its runs are
+    found finished, resumed or made, and it writes its own reproduce.json), then gives each of its own
+    trials `needs.key=<the needed entry's run folder of the trial's seed>`. `needed_by`: the entries that
+    are waiting for this one, to refuse a circle.
+    """
     out = out or sys.stderr
     if budget not in BUDGETS:
         raise ConfigError(f"--budget {budget!r} is not a valid choice; valid choices: {', '.join(BUDGETS)}")
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if name in needed_by:
+        raise ConfigError(f"reproduce entries need each other in a circle: {' -> '.join([*needed_by, name])}")
     entry = load_entry(name)
     spec = sweep_spec(entry, budget, seeds)
+    if entry.needs is not None:
+        needed = entry.needs.entry
+        needed_spec = sweep_spec(load_entry(needed), budget, len(spec.seeds))
+        count = None if seeds is None and needed_spec.seeds == spec.seeds else len(spec.seeds)  # as a user types it
+        status = reproduce(needed, budget, trial_fn, count, backend, workers, threads, out, (*needed_by, name))
+        folders = finished_runs(needed_spec.dir, spec.seeds)
+        missing = [seed for seed in spec.seeds if seed not in folders]
+        if missing:
+            print(
+                f"pixlab: reproduce {name}: not run, the needed entry {needed} has no finished run of seed(s) "
+                f"{', '.join(map(str, missing))}; run `pixlab reproduce {needed} --budget {budget}` again to resume it",
+                file=out,
+            )
+            return status or 1
+        trial_fn = WithNeededRuns(trial_fn, entry.needs.key, folders)
+        for seed, folder in folders.items():  # a wrong key or an unfit run exits 2 here, before anything runs
+            load_config(spec.config, [*spec.overrides, f"seed={seed}", f"{entry.needs.key}={folder}"])
     print(f"pixlab: reproduce {name} ({budget}: {entry.budgets[budget].about})", file=out)
     result = run_sweep(spec, trial_fn, backend=backend, workers=workers, threads=threads, out=out)
     measured = measure(entry, budget, result.trials, seeds)
@@ -194,6 +268,26 @@ def reproduce(
     atomic_write_text(result.dir / "reproduce.md", table + "\n")
     print(table)
     return result.status
+
+
+def finished_runs(sweep_dir: Path, seeds: list) -> dict[int, str]:
+    """seed -> run folder of the finished trials of `seeds` in a sweep's state (runs/<sweep>/sweep.json)."""
+    records = read_state(sweep_dir / "sweep.json")["trials"].values() if (sweep_dir / "sweep.json").exists() else []
+    return {r["seed"]: r["run_dir"] for r in records if r["status"] == "done" and r["seed"] in seeds}
+
+
+@dataclass(frozen=True)
+class WithNeededRuns:
+    """A trial function that adds `key=<folder>` to each trial's overrides, `folder` being the needed entry's run
+    of the trial's seed. A module-level class, so that it pickles to a worker process or a Slurm job."""
+
+    trial_fn: TrialFunction
+    key: str
+    folders: dict  # seed -> run folder
+
+    def __call__(self, config: str, overrides: Sequence[str], run_dir: Optional[str]) -> int:
+        seed = int([o for o in overrides if o.startswith("seed=")][-1].removeprefix("seed="))
+        return self.trial_fn(config, [*overrides, f"{self.key}={self.folders[seed]}"], run_dir)
 
 
 def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] = None) -> dict:
@@ -226,11 +320,30 @@ def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] 
         "source": entry.published["source"],
         "published_text": entry.published.get("text"),
         "difference": None if mean is None or published is None else mean - published,
+        **judge(values, published, entry.metric.goal),
         "wall_time_s": sum(walls) if walls else None,
         "wall_time_per_seed_s": statistics.fmean(walls) if walls else None,
         "command": command,
         "measured": _dt.datetime.now().isoformat(timespec="seconds"),
         "git": git_state(),
+    }
+
+
+def judge(values: list[float], published: Optional[float], goal: str) -> dict:
+    """{'interval': [low, high] of the mean over seeds (None for fewer than two), 'confidence', 'verdict'}: reached,
+    short, single seed or n.a., as the module's docstring says; values and published in the metric's shown unit."""
+    interval = stats.bootstrap(stats.aggregate_mean, [values]).interval if values else None
+    if published is None or not values:
+        verdict = "n.a."
+    elif interval is None:
+        verdict = "single seed"
+    else:
+        low, high = interval
+        verdict = "reached" if (low <= published if goal == "minimize" else high >= published) else "short"
+    return {
+        "interval": None if interval is None else list(interval),
+        "confidence": stats.CONFIDENCE,
+        "verdict": verdict,
     }
 
 
@@ -250,6 +363,18 @@ def format_published(entry: Entry, m: dict) -> str:
     return f"{figure} ({m['source']})"
 
 
+def format_verdict(entry: Entry, m: dict) -> str:
+    """'reached (95% CI [0.68, 0.80]%)', 'short (...)', 'single seed' or 'n.a.'; a reproduce.json written before
+    verdicts existed is judged from its per-seed values."""
+    judged = m if "verdict" in m else judge(m.get("values") or [], m["published"], entry.metric.goal)
+    if judged["interval"] is None:
+        return judged["verdict"]
+    low, high = judged["interval"]
+    number = f"{high:.{entry.decimals}f}"
+    unit = entry.shown(high)[len(number) :]  # '%', ' nats/image' or ''
+    return f"{judged['verdict']} ({judged['confidence']:.0%} CI [{low:.{entry.decimals}f}, {number}]{unit})"
+
+
 def format_wall(m: dict) -> str:
     return (
         "n/a"
@@ -261,8 +386,8 @@ def format_wall(m: dict) -> str:
 def format_table(measured: list[dict]) -> str:
     """Measured beside published: the table `pixlab reproduce` prints and writes to reproduce.md."""
     rows = [
-        "| entry | task | measured | published | difference | budget | wall time |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| entry | task | measured | published | verdict | difference | budget | wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in measured:
         entry = load_entry(m["entry"])
@@ -270,7 +395,7 @@ def format_table(measured: list[dict]) -> str:
             "n/a" if m["difference"] is None else ("+" if m["difference"] >= 0 else "") + entry.shown(m["difference"])
         )
         rows.append(
-            f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {difference} | {m['budget']}: {m['about']} | {format_wall(m)} |"
+            f"| {m['entry']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {format_verdict(entry, m)} | {difference} | {m['budget']}: {m['about']} | {format_wall(m)} |"
         )
     return "\n".join(rows)
 
@@ -281,14 +406,14 @@ def results_table(runs_dir: Path = Path("runs"), budgets: tuple = ("full", "cpu"
     found = [m for m in found if m["budget"] in budgets and m["entry"] in entry_names()]
     found.sort(key=lambda m: (entry_names().index(m["entry"]), BUDGETS.index(m["budget"])))
     rows = [
-        "| model | task | measured | published | budget | wall time, date | command |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | task | measured | published | verdict | budget | wall time, date | command |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in found:
         entry = load_entry(m["entry"])
         when = f"{format_wall(m)}, {m['measured'][:10]}"
         rows.append(
-            f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |"
+            f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {format_verdict(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |"
         )
     return "\n".join(rows)
 

@@ -28,4 +28,13 @@ def load_dataset(name: str, root: Optional[str] = None, download: bool = True, p
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
-__all__ = ["DATASETS", "ImageData", "Split", "epoch_order", "load_dataset"]
+def class_names(name: str) -> list[str]:
+    """The names of a dataset's classes in label order, as figures caption them: CIFAR-10's words, else the digit."""
+    if name == "cifar10":
+        from shared.data.cifar10 import CLASSES
+
+        return list(CLASSES)
+    return [str(label) for label in range(10)]
+
+
+__all__ = ["DATASETS", "ImageData", "Split", "class_names", "epoch_order", "load_dataset"]

@@ -67,12 +67,16 @@ class ImageData:
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float (B, C, H + 2 pad, W + 2 pad), zero mean and unit variance."""
-        x = images.float().div_(255)
+        return self.prepare_pixels(images.float().div_(255))
+
+    def prepare_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as floats in [0, 1] (B, C, H, W) -> the model's input, as `prepare`; differentiable in `x`
+        (attacks and saliency maps take gradients in pixel space)."""
         if self.pad:
             x = F.pad(x, (self.pad,) * 4)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std)
+        return (x - mean) / std
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from shared.models.alexnet import AlexNet, ZFNet
 from shared.models.googlenet import GoogLeNet
-from shared.models.lenet import LeNet5
+from shared.models.lenet import LeNet5, LeNet5Caffe
+from shared.models.mlp import MLPClassifier
 from shared.models.resnet import IMAGENET_DEPTHS, CifarResNet, ResNet
 from shared.models.squeezenet import SqueezeNet
 from shared.models.vgg import CONFIGS as VGG_CONFIGS
@@ -25,6 +26,7 @@ from shared.models.vgg import VGG
 # and `input_size`).
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
+    "lenet5_caffe": LeNet5Caffe,
     "alexnet": AlexNet,
     "zfnet": ZFNet,
     **{f"vgg{depth}": partial(VGG, depth=depth) for depth in VGG_CONFIGS},
@@ -34,6 +36,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{depth}": partial(CifarResNet, depth=depth) for depth in (20, 32, 44, 56, 110)},
     "squeezenet1_0": partial(SqueezeNet, version="1_0"),
     "squeezenet1_1": partial(SqueezeNet, version="1_1"),
+    "mlp_1200_1200": partial(MLPClassifier, hidden=(1200, 1200), dropout=0.5, input_dropout=0.2),
+    "mlp_800_800": partial(MLPClassifier, hidden=(800, 800)),
+    "lenet_300_100": partial(MLPClassifier, hidden=(300, 100)),
 }
 
 

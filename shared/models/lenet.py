@@ -16,6 +16,15 @@ Our documented choices, the modern ones:
 - Output: a linear layer (84 x 10 + 10 = 850 parameters) trained with softmax cross-entropy. The paper's
   output was 10 Euclidean RBF units with fixed 7x12 bitmap codes, trained with an MAP criterion.
 Trainable parameters: 156 + 1,516 + 48,120 + 10,164 + 850 = 60,806 (the paper: 60,000 plus the fixed RBF).
+
+`LeNet5Caffe` is the other "LeNet-5": Caffe's examples/mnist/lenet.prototxt, the model that Han et al. 2015
+("Learning both weights and connections") and Deep Compression (Han, Mao, Dally 2016) prune and compress.
+
+    input (B, 1, 28, 28) -> conv1 5x5, 20 maps (24x24) -> max pool 2 (12x12) -> conv2 5x5, 50 maps (8x8)
+      -> max pool 2 (4x4) -> fc1 800 -> 500, ReLU -> fc2 500 -> 10 (logits)
+
+Parameters: 520 + 25,050 + 400,500 + 5,010 = 431,080 (the papers' "431K"). As in Caffe, no ReLU after the
+convolutions; the weights are initialised with He's rule instead of Caffe's Xavier filler.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ class LeNet5(nn.Module):
     """(B, in_channels, 32, 32) float -> (B, num_classes) logits."""
 
     input_size = 32
+    fixed_input = True  # classify checks data.pad against it
     head = "output"
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
@@ -86,3 +96,30 @@ class LeNet5(nn.Module):
         s4 = F.max_pool2d(F.relu(self.c3(s2)), 2)  # (B, 16, 5, 5)
         c5 = F.relu(self.c5(s4)).flatten(1)  # (B, 120)
         return self.output(F.relu(self.f6(c5)))
+
+
+class LeNet5Caffe(nn.Module):
+    """Caffe's LeNet: (B, in_channels, 28, 28) float -> (B, num_classes) logits. 431,080 parameters for MNIST."""
+
+    input_size = 28
+    fixed_input = True
+    head = "fc2"
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(50 * 4 * 4, 500)
+        self.fc2 = nn.Linear(500, num_classes)
+        for module in (self.conv1, self.conv2, self.fc1, self.fc2):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (28, 28):
+            raise ValueError(
+                f"lenet5_caffe reads 28x28 images, got {tuple(x.shape[-2:])} (mnist: data.pad=0, digits: data.pad=10)"
+            )
+        x = F.max_pool2d(self.conv1(x), 2)  # (B, 20, 12, 12)
+        x = F.max_pool2d(self.conv2(x), 2)  # (B, 50, 4, 4)
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))

@@ -44,7 +44,11 @@ CONFIGS: dict[int, list[int | str]] = {
 
 
 class VGG(nn.Module):
-    """(B, in_channels, 224, 224) float -> (B, num_classes) logits; `depth` picks the configuration."""
+    """(B, in_channels, 224, 224) float -> (B, num_classes) logits; `depth` picks the configuration.
+
+    Its parameter names and shapes are torchvision's (`features.0.weight`, ..., `classifier.6.bias`), so a
+    state_dict of torchvision's ImageNet weights loads into it as it is.
+    """
 
     input_size = 224
     head = "classifier.6"
@@ -53,20 +57,7 @@ class VGG(nn.Module):
         self, depth: int = 16, batch_norm: bool = False, num_classes: int = 1000, in_channels: int = 3
     ) -> None:
         super().__init__()
-        if depth not in CONFIGS:
-            raise ValueError(f"VGG depth must be one of {sorted(CONFIGS)}, got {depth}")
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for item in CONFIGS[depth]:
-            if item == POOL:
-                layers.append(nn.MaxPool2d(2, stride=2))
-                continue
-            layers.append(nn.Conv2d(channels, item, 3, padding=1))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(item))
-            layers.append(nn.ReLU(inplace=True))
-            channels = item
-        self.features = nn.Sequential(*layers)  # (B, 512, 7, 7) at 224
+        self.features = make_features(depth, batch_norm, in_channels)  # (B, 512, 7, 7) at 224
         self.avgpool = nn.AdaptiveAvgPool2d(7)
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096),
@@ -77,13 +68,37 @@ class VGG(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(4096, num_classes),
         )
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def make_features(depth: int, batch_norm: bool = False, in_channels: int = 3) -> nn.Sequential:
+    """The convolutional part of configuration `depth`, (B, in_channels, H, W) -> (B, 512, H/32, W/32), with
+    PyTorch's default init (`init_weights` gives the paper's); alone, it is what style transfer reads."""
+    if depth not in CONFIGS:
+        raise ValueError(f"VGG depth must be one of {sorted(CONFIGS)}, got {depth}")
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in CONFIGS[depth]:
+        if item == POOL:
+            layers.append(nn.MaxPool2d(2, stride=2))
+            continue
+        layers.append(nn.Conv2d(channels, item, 3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(item))
+        layers.append(nn.ReLU(inplace=True))
+        channels = item
+    return nn.Sequential(*layers)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Glorot & Bengio's init (Xavier uniform weights, zero biases; batch norm weight 1, bias 0) in place."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -1,5 +1,6 @@
 """Where the attempts of trials run, behind one small interface (start, wait, signal): processes on this
-machine (`LocalPool`) or Slurm jobs through submitit (`SlurmPool`)."""
+machine (`LocalPool`) or Slurm jobs through submitit (`SlurmPool`). `stop` ends one trial early (the pruner's
+verdict): it gets SIGTERM, checkpoints and exits like a trial stopped by hand."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
+from signal import SIGTERM
 from typing import Any, Callable, Optional, Sequence
 
 from shared.errors import PixlabError
@@ -117,9 +119,13 @@ class LocalPool:
         return ended
 
     def signal(self, signum: int) -> None:
-        for process, _, _ in self.running.values():
-            if process.exitcode is None:
-                os.kill(process.pid, signum)
+        for trial_id in self.running:
+            self.stop(trial_id, signum)
+
+    def stop(self, trial_id: str, signum: int = SIGTERM) -> None:
+        process = self.running[trial_id][0]
+        if process.exitcode is None:
+            os.kill(process.pid, signum)
 
 
 class SlurmPool:
@@ -164,3 +170,7 @@ class SlurmPool:
         if self.cluster == "slurm":  # scancel sends SIGTERM first: the trials checkpoint
             for job in self.running.values():
                 job.cancel(check=False)
+
+    def stop(self, trial_id: str, signum: int = SIGTERM) -> None:
+        """Cancel one job: scancel's SIGTERM on Slurm, SIGINT from submitit's local executor; both checkpoint."""
+        self.running[trial_id].cancel(check=False)

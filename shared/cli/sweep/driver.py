@@ -1,5 +1,6 @@
-"""`run_sweep`: check the trials, open the state, and drive a backend: start trials while there is room,
-record each outcome, retry crashes, pass signals on, show progress."""
+"""`run_sweep`: check the trials, open the state, and drive a backend: start trials while there is room (asking
+the study for new ones in a bayes sweep), record each outcome, retry crashes, stop the trials the pruner gives up
+on, pass signals on, show progress."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 from shared.cli.sweep.backends import LocalPool, SlurmPool, TrialFunction, TrialJob
+from shared.cli.sweep.search import Search, check_search, final_value
 from shared.cli.sweep.spec import SweepSpec
 from shared.cli.sweep.state import SweepResult, SweepState, find_run_dir
 from shared.cli.sweep.trials import check_trials, expand, override_text
 from shared.cli.sweep.wandb_backend import run_wandb
 from shared.errors import ConfigError
-from shared.tracking import read_summary
 
 BACKENDS = ("local", "slurm", "wandb")
 
@@ -33,8 +34,10 @@ def run_sweep(
     retries: Optional[int] = None,
     threads: int = 1,
     out=None,
+    pool=None,
 ) -> SweepResult:
-    """Check the spec's trials, then run those not finished yet on `backend`; see the module docstring."""
+    """Check the spec's trials, then run those not finished yet on `backend`; see the module docstring.
+    `pool`: a backend object (start, wait, signal, stop) to use instead of `backend`'s, as the tests do."""
     out = out or sys.stderr
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not a valid choice; valid choices: {', '.join(BACKENDS)}")
@@ -46,24 +49,33 @@ def run_sweep(
         print(f"pixlab: {note}", file=out)
     if backend == "wandb":
         return run_wandb(spec, trial_fn, workers, out)
-    if spec.method == "bayes":
-        raise ConfigError(
-            f"{spec.path}: method bayes needs W&B's sweep server, which chooses each trial from the results so far; "
-            "run it with --backend wandb while online and logged in (wandb login), or use method grid or random"
-        )
-    if spec.wandb.get("early_terminate"):
-        print(f"pixlab: {spec.path}: early_terminate is ignored without W&B's sweep server", file=out)
-    trials = expand(spec)
+    trials = [] if spec.method == "bayes" else expand(spec)  # bayes: the study asks for them as it goes
     check_trials(spec, trials)
+    if spec.uses_study:
+        check_search(spec)
     if backend == "slurm":
         _check_slurm(spec)
     state = SweepState.open(spec, trials, backend)
-    pool = LocalPool(trial_fn) if backend == "local" else SlurmPool(trial_fn, spec.dir / "slurm", spec.slurm, spec.name)
-    print(f"pixlab: sweep {spec.name}: {len(trials)} trials in {spec.dir} ({backend}, {workers} at a time)", file=out)
+    progress = Progress(spec.name, out)
     try:
-        status = _drive(
-            spec, state, pool, workers, spec.retries if retries is None else retries, threads, Progress(spec.name, out)
+        search = Search(spec, state, progress.event) if spec.uses_study else None
+        if pool is None:
+            pool = (
+                LocalPool(trial_fn)
+                if backend == "local"
+                else SlurmPool(trial_fn, spec.dir / "slurm", spec.slurm, spec.name)
+            )
+        how_many = (
+            f"up to {spec.run_cap * len(spec.seeds)} trials (run_cap {spec.run_cap} x {len(spec.seeds)} seeds)"
+            if spec.method == "bayes"
+            else f"{len(trials)} trials"
         )
+        print(f"pixlab: sweep {spec.name}: {how_many} in {spec.dir} ({backend}, {workers} at a time)", file=out)
+        status = _drive(
+            spec, state, pool, search, workers, spec.retries if retries is None else retries, threads, progress
+        )
+        if search:
+            search.close()
     finally:
         state.lock.close()
     records = [{"id": tid} | state.trials[tid] for tid in state.ids]
@@ -80,18 +92,37 @@ def _check_slurm(spec: SweepSpec) -> None:
 
 
 def _drive(
-    spec: SweepSpec, state: SweepState, pool, workers: int, retries: int, threads: int, progress: "Progress"
+    spec: SweepSpec,
+    state: SweepState,
+    pool,
+    search: Optional[Search],
+    workers: int,
+    retries: int,
+    threads: int,
+    progress: "Progress",
 ) -> int:
-    """Start trials while there is room, record each outcome, retry crashes, stop on a signal."""
-    queue = deque(tid for tid in state.ids if state.trials[tid]["status"] != "done")
-    tries: Counter = Counter()  # attempts in this invocation (a re-run gives failed trials their retries again)
+    """Start trials while there is room, record each outcome, retry crashes, prune, stop on a signal."""
+    # A re-run gives failed trials their retries again, except in a bayes sweep: its study was told, and it
+    # asks a new point instead.
+    final = ("done", "pruned", "failed") if spec.method == "bayes" else ("done", "pruned")
+    queue = deque(tid for tid in state.ids if state.trials[tid]["status"] not in final)
+    tries: Counter = Counter()  # attempts in this invocation
     started: dict[str, float] = {}
+    stopping: set[str] = set()  # trials the pruner stopped, until their process ends
     durations: list[float] = []
     with _passing_signals_to(pool) as stop:
-        while (queue and stop.signum is None) or started:
-            while queue and len(started) < workers and stop.signum is None:
+        while ((queue or (search and search.remaining())) and stop.signum is None) or started:
+            while len(started) < workers and stop.signum is None:
+                if not queue and search:
+                    queue.extend(search.ask())
+                if not queue:
+                    break
                 tid = queue.popleft()
                 record = state.trials[tid]
+                if record["status"] == "pruned":  # its point was pruned while it waited
+                    continue
+                if search:
+                    search.starting(tid)
                 run_dir = find_run_dir(spec.dir, f"{spec.name}-{tid}")
                 record.update(
                     status="running", attempts=record["attempts"] + 1, run_dir=str(run_dir) if run_dir else None
@@ -108,7 +139,11 @@ def _drive(
                 record = state.trials[tid]
                 run_dir = find_run_dir(spec.dir, f"{spec.name}-{tid}")
                 record["run_dir"] = str(run_dir) if run_dir else None
-                if outcome["status"] == 0 and outcome["error"] is None:
+                if tid in stopping:  # whatever its exit status: SIGTERM's 143, or 0 if it was just ending
+                    stopping.discard(tid)
+                    record["status"] = "pruned"
+                    record["wall_time"] = _run_wall_time(run_dir)
+                elif outcome["status"] == 0 and outcome["error"] is None:
                     record["status"] = "done"
                     record["wall_time"] = _run_wall_time(run_dir)
                     durations.append(seconds)
@@ -137,7 +172,17 @@ def _drive(
                     if again:
                         queue.append(tid)
                 state.save()
-            progress.show(state.counts(state.ids), _eta(durations, started, len(queue), workers))
+                if search and record["status"] in ("done", "failed", "pruned"):
+                    search.ended(tid)
+            if search and stop.signum is None:
+                pruned = search.observe([t for t in started if t not in stopping])
+                for tid in pruned:
+                    pool.stop(tid)
+                    stopping.add(tid)
+                if pruned:
+                    state.save()
+            pending = len(queue) + (search.remaining() if search else 0)
+            progress.show(state.counts(state.ids), _eta(durations, started, pending, workers))
     progress.close()
     counts = state.counts(state.ids)
     if stop.signum is not None:
@@ -200,7 +245,8 @@ class Progress:
     def show(self, counts: Counter, eta: Optional[float]) -> None:
         done, running, failed = counts["done"], counts["running"], counts["failed"]
         pending = counts["pending"] + counts["interrupted"]
-        line = f"sweep {self.name}: {done} done, {running} running, {failed} failed, {pending} pending"
+        pruned = f", {counts['pruned']} pruned" if counts["pruned"] else ""
+        line = f"sweep {self.name}: {done} done{pruned}, {running} running, {failed} failed, {pending} pending"
         if self.tty:
             when = "ETA --" if eta is None else f"ETA {_duration(eta)}"
             self.out.write(f"\r{line}, {when}\x1b[K")
@@ -224,10 +270,11 @@ def _duration(seconds: float) -> str:
 
 
 def summary_table(records: list[dict], metric: Optional[dict]) -> str:
-    """One line per trial: id, status, seed, parameters, the spec's metric, run folder."""
+    """One line per trial: id, status, seed, parameters, the spec's metric (its summary value, else its last logged
+    one; for a pruned trial, where it stopped), run folder."""
     lines = []
     for r in records:
-        value = read_summary(r["run_dir"]).get(metric["name"]) if metric and r["status"] == "done" else None
+        value = final_value(r["run_dir"], metric["name"]) if metric and r["status"] in ("done", "pruned") else None
         shown = "" if value is None else f"  {metric['name']}={value:.6g}"
         params = " ".join(f"{k}={override_text(v)}" for k, v in r["params"].items())
         seed = "" if r["seed"] is None else f"  seed={r['seed']}"

@@ -33,6 +33,7 @@ PARAMETER_KEYS = ("value", "values", "distribution", "min", "max", "q", "mu", "s
 BOUNDED = ("uniform", "int_uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform_values")
 DISTRIBUTIONS = ("constant", "categorical", *BOUNDED, "normal", "log_normal")
 SLURM_KEYS = ("cluster", "partition", "time", "gpus", "cpus", "mem_gb")
+EARLY_TERMINATE_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,7 @@ class Parameter:
             x = math.exp(rng.uniform(self.min, self.max))
         else:  # log_uniform_values, q_log_uniform_values: the bounds themselves
             x = math.exp(rng.uniform(math.log(self.min), math.log(self.max)))
-        if self.q is not None:
-            x = round(round(x / self.q) * self.q, 12)
-            return int(x) if float(self.q).is_integer() and float(x).is_integer() else x
-        return x
+        return x if self.q is None else quantize(x, self.q)
 
     def probe(self) -> Any:
         """A value inside the parameter's range, to check that its key exists before any trial runs."""
@@ -81,6 +79,12 @@ class Parameter:
         if self.distribution in ("normal", "log_normal"):
             return math.exp(self.mu) if self.distribution == "log_normal" else self.mu
         return math.exp(self.min) if self.distribution == "log_uniform" else self.min
+
+
+def quantize(x: float, q: float) -> float | int:
+    """W&B's q_ distributions: `x` rounded to a multiple of `q` (an int when `q` is one), without float dust."""
+    x = round(round(x / q) * q, 12)
+    return int(x) if float(q).is_integer() and float(x).is_integer() else x
 
 
 @dataclass
@@ -98,6 +102,7 @@ class SweepSpec:
     sample_seed: int = 0
     retries: int = 2
     metric: Optional[dict] = None
+    early_terminate: Optional[dict] = None  # W&B's hyperband, checked, with its default eta
     slurm: dict = field(default_factory=dict)
     wandb: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was accepted but is ignored, said once at the start
@@ -107,9 +112,16 @@ class SweepSpec:
     def dir(self) -> Path:
         return self.runs_dir / self.name
 
+    @property
+    def uses_study(self) -> bool:
+        """Whether an Optuna study runs beside the trials (search.py): to choose them, or to stop them early."""
+        return self.method == "bayes" or self.early_terminate is not None
+
     def fingerprint(self) -> dict:
-        """What makes two specs the same sweep (seeds excluded: more seeds extend a sweep)."""
-        return {
+        """What makes two specs the same sweep. Seeds are left out where more seeds extend a sweep; with a
+        study they are in it (its objective is the mean over them), and so are the metric and early_terminate.
+        A bayes sweep leaves run_cap out: raising it continues the search."""
+        found = {
             "config": str(self.config),
             "method": self.method,
             "parameters": [asdict(p) for p in self.parameters],
@@ -117,6 +129,11 @@ class SweepSpec:
             "run_cap": self.run_cap,
             "sample_seed": self.sample_seed,
         }
+        if self.uses_study:
+            found |= {"metric": self.metric, "early_terminate": self.early_terminate, "seeds": self.seeds}
+        if self.method == "bayes":
+            del found["run_cap"]
+        return found
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -166,6 +183,11 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
     if method == "random" and run_cap is None:
         raise ConfigError(f"{path}: method random needs run_cap, the number of draws (each runs with every seed)")
     metric = raw.get("metric")
+    if metric is None and (method == "bayes" or raw.get("early_terminate")):
+        why = "method bayes" if method == "bayes" else "early_terminate"
+        raise ConfigError(
+            f"{path}: {why} needs `metric`, the number it optimizes, e.g. {{name: test/error, goal: minimize}}"
+        )
     if metric is not None:
         if not isinstance(metric, dict) or "name" not in metric:
             raise ConfigError(
@@ -185,9 +207,19 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
             f"{path}: slurm.cluster={slurm['cluster']!r} is not a valid choice; valid choices: slurm, local"
         )
 
+    early_terminate = _parse_early_terminate(raw.get("early_terminate"), str(path))
+
     notes = [
         f"{path}: `{k}` is ignored: pixlab runs its own trial function" for k in ("program", "command") if k in raw
     ]
+    if method == "bayes":
+        notes += [
+            f"{path}: parameters.{p.key}.probabilities are ignored: method random reads them, bayes searches all values"
+            for p in parameters
+            if p.probabilities
+        ]
+    if (raw.get("early_terminate") or {}).get("strict"):
+        notes.append(f"{path}: early_terminate.strict is W&B's server's alone; pixlab's pruner ignores it")
     spec = SweepSpec(
         path=path,
         name=name,
@@ -200,6 +232,7 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
         sample_seed=_positive_int(raw.get("sample_seed", 0), "sample_seed", str(path), zero=True),
         retries=_positive_int(raw.get("retries", 2), "retries", str(path), zero=True),
         metric=metric,
+        early_terminate=early_terminate,
         slurm=slurm,
         wandb={k: v for k, v in raw.items() if k in WANDB_KEYS and k not in ("program", "command")},
         notes=notes,
@@ -293,6 +326,52 @@ def _parse_parameter(key: str, body: dict, source: str) -> Parameter:
     elif q is not None:
         raise ConfigError(f"{where}.q is only read by the q_ distributions, not by {distribution}")
     return Parameter(key, distribution=distribution, min=low, max=high, q=q)
+
+
+def _parse_early_terminate(node: Any, source: str) -> Optional[dict]:
+    """W&B's `early_terminate: {type: hyperband, min_iter | max_iter and s, eta}`, checked, as {eta, min_iter} or
+    {eta, max_iter, s} (W&B reads max_iter first when both are given); `hyperband_bands` turns it into bands."""
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise ConfigError(f"{source}: early_terminate must be a mapping, e.g. {{type: hyperband, min_iter: 2, eta: 3}}")
+    check_keys(node, EARLY_TERMINATE_KEYS, source, "early_terminate.")
+    if node.get("type") != "hyperband":
+        raise ConfigError(
+            f"{source}: early_terminate.type={node.get('type')!r} is not a valid choice; valid choices: hyperband"
+        )
+    for key in ("min_iter", "max_iter", "s", "eta"):
+        if key in node:
+            _positive_int(node[key], f"early_terminate.{key}", source)
+    eta = node.get("eta", 3)
+    if eta < 2:
+        raise ConfigError(f"{source}: early_terminate.eta={eta!r} must be an integer >= 2 (the bands' ratio)")
+    if "max_iter" in node:
+        if "s" not in node:
+            raise ConfigError(f"{source}: early_terminate.max_iter needs `s`, the number of bands below it")
+        found = {"eta": eta, "max_iter": node["max_iter"], "s": node["s"]}
+        if not hyperband_bands(found):
+            raise ConfigError(
+                f"{source}: early_terminate.max_iter={node['max_iter']} is below eta={eta}: no band to stop trials at"
+            )
+        return found
+    if "min_iter" not in node:
+        raise ConfigError(f"{source}: early_terminate needs `min_iter` (or `max_iter` and `s`), the first band")
+    return {"eta": eta, "min_iter": node["min_iter"]}
+
+
+def hyperband_bands(early_terminate: dict) -> list[int]:
+    """W&B's hyperband bands, ascending: min_iter * eta**k for k = 0, 1, ... (W&B lists 100 of them; these stop at
+    10**9 iterations), or int(max_iter / eta**k) for k = 1..s, those >= 1. A band is an index into a run's history of
+    the metric: band b is met once the run logged it more than b times."""
+    eta = early_terminate["eta"]
+    if "max_iter" in early_terminate:
+        top = early_terminate["max_iter"]
+        return sorted(int(top / eta**k) for k in range(1, early_terminate["s"] + 1) if top / eta**k >= 1)
+    bands = [early_terminate["min_iter"]]
+    while bands[-1] * eta <= 10**9:
+        bands.append(bands[-1] * eta)
+    return bands
 
 
 def _parse_seeds(seeds: Any, source: str) -> list[Optional[int]]:

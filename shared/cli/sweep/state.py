@@ -16,7 +16,7 @@ from shared.errors import ConfigError, PixlabError
 
 STATE_FORMAT = 1
 TRIAL_KEYS = ("key", "params", "seed", "status", "attempts", "run_dir", "errors", "wall_time", "overrides")
-STATUSES = ("pending", "running", "done", "failed", "interrupted")
+STATUSES = ("pending", "running", "done", "failed", "interrupted", "pruned")
 
 
 class SweepState:
@@ -33,10 +33,12 @@ class SweepState:
         path = spec.dir / "sweep.json"
         if path.exists():
             data = read_state(path)
-            if data.get("fingerprint") != spec.fingerprint():
+            old, new = data.get("fingerprint") or {}, spec.fingerprint()
+            if old != new:
+                changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
                 raise ConfigError(
-                    f"{path} belongs to a sweep made from a different spec (config, method, parameters, overrides, "
-                    f"run_cap or sample_seed changed); give {spec.path} another `name:` or remove {spec.dir}"
+                    f"{path} belongs to a sweep made from a different spec ({', '.join(changed)} changed); "
+                    f"give {spec.path} another `name:` or remove {spec.dir}"
                 )
         else:
             data = {
@@ -53,19 +55,7 @@ class SweepState:
         by_key = {record["key"]: tid for tid, record in data["trials"].items()}
         for trial in trials:
             if trial.key not in by_key:
-                tid = f"t{len(data['trials']):03d}"
-                data["trials"][tid] = {
-                    "key": trial.key,
-                    "params": trial.params,
-                    "seed": trial.seed,
-                    "status": "pending",
-                    "attempts": 0,
-                    "run_dir": None,
-                    "errors": [],
-                    "wall_time": None,
-                    "overrides": trial.overrides(spec, tid),
-                }
-                by_key[trial.key] = tid
+                by_key[trial.key] = state.add(spec, trial)
         for record in data["trials"].values():
             if record["status"] == "running":  # the coordinator died while it ran: resume it
                 record["status"] = "interrupted"
@@ -77,6 +67,26 @@ class SweepState:
     @property
     def trials(self) -> dict[str, dict]:
         return self.data["trials"]
+
+    def add(self, spec: SweepSpec, trial: Trial, study_trial: Optional[int] = None) -> str:
+        """A new pending record for `trial`, its id `t<number>`; `study_trial`: the Optuna trial it reports to,
+        which is also its key in a bayes sweep, where two study trials may draw the same parameters."""
+        tid = f"t{len(self.trials):03d}"
+        point = json.dumps({"study_trial": study_trial, "seed": trial.seed})
+        self.trials[tid] = {
+            "key": point if spec.method == "bayes" else trial.key,
+            "params": trial.params,
+            "seed": trial.seed,
+            "status": "pending",
+            "attempts": 0,
+            "run_dir": None,
+            "errors": [],
+            "wall_time": None,
+            "overrides": trial.overrides(spec, tid),
+        }
+        if study_trial is not None:
+            self.trials[tid]["study_trial"] = study_trial
+        return tid
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=2))

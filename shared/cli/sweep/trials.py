@@ -46,7 +46,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         combos = [{p.key: p.draw(rng) for p in spec.parameters} for _ in range(spec.run_cap)]
     else:
         raise ConfigError(
-            f"{spec.path}: method bayes has no fixed list of trials: W&B's sweep server chooses them (--backend wandb)"
+            f"{spec.path}: method bayes has no fixed list of trials: its study asks for them as the sweep goes"
         )
     return [Trial(params, seed) for params in combos for seed in spec.seeds]
 
