@@ -91,8 +91,14 @@ class Analysis:
     def save_figure(self, key: str, figure: Any) -> Path:
         """A matplotlib `Figure` to `<dir>/<key>.png` (slashes become underscores) and to W&B under `key`. Build it
         with `matplotlib.figure.Figure`, as shared/figures.py does, not pyplot, whose figures live until closed."""
+        from PIL import Image
+
+        from shared.figures import render
+
         path = self.dir / f"{key.replace('/', '_')}.png"
-        figure.savefig(path, dpi=120, bbox_inches="tight")
+        # Drawn at the figure's own size and DPI, as the trainers draw theirs: the image grids of shared/figures.py
+        # place their pixels and their text in the same pixel coordinates, which a savefig at another DPI separates.
+        Image.fromarray(render(figure)).save(path)
         self._to_wandb(key, path)
         return path
 
