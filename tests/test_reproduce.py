@@ -7,6 +7,7 @@ import json
 import statistics
 
 import pytest
+import torch
 from conftest import SHARED_DATA, run_cli
 
 import shared.cli
@@ -16,6 +17,7 @@ from shared.cli.reproduce import (
     BUDGETS,
     README_MARKERS,
     entry_names,
+    format_machine,
     format_verdict,
     judge,
     load_entry,
@@ -24,9 +26,11 @@ from shared.cli.reproduce import (
     update_readme,
 )
 from shared.cli.sweep import check_trials, expand
-from shared.config import ALGORITHMS, Metric
+from shared.config import ALGORITHMS, REPO, Metric, load_config
 from shared.errors import ConfigError
+from shared.machine import cpu_isa, cpu_model
 from shared.tracking import read_summary
+from shared.train.accel import resolve_precision
 
 ISSUE_ENTRIES = {
     "lenet5-mnist",
@@ -120,13 +124,18 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     judged = judge(expected, entry.published["value"], entry.metric.goal)
     assert (measured["verdict"], measured["confidence"]) == (judged["verdict"], 0.95)
     assert measured["interval"] == pytest.approx(judged["interval"]) and judged["verdict"] in ("reached", "short")
+    host = measured["machine"]  # the trials' machine: this one, 1 torch thread (--threads' default)
+    assert host["cpu"] == cpu_model() and host["isa"] == cpu_isa() and host["torch"] == torch.__version__
+    assert (host["threads"], host["backend"]) == (1, "local")
+    _, cfg = load_config(REPO / entry.config, entry.budgets["smoke"].overrides)
+    assert host["precision"] == resolve_precision(cfg.accel.precision, torch.device("cpu"))
 
     row = [line for line in result.stdout.splitlines() if line.startswith(f"| {name} |")]
     assert len(row) == 1 and f"{expected[0]:.2f}" in row[0] and entry.published["source"] in row[0]
     assert f" | {format_verdict(entry, measured)} | " in row[0]
     assert (folder / "reproduce.md").read_text().strip() == result.stdout.strip()
     readme = results_table(tmp_path / "runs", budgets=("smoke",))
-    assert f"`pixlab reproduce {name} --budget smoke`" in readme
+    assert f"`pixlab reproduce {name} --budget smoke`" in readme and f"; {format_machine(measured)} |" in readme
     assert name not in results_table(tmp_path / "runs")  # the README's table leaves smoke runs out
 
     # --write-readme replaces what lies between the markers and keeps the rest; without them it refuses

@@ -262,12 +262,37 @@ def reproduce(
             load_config(spec.config, [*spec.overrides, f"seed={seed}", f"{entry.needs.key}={folder}"])
     print(f"pixlab: reproduce {name} ({budget}: {entry.budgets[budget].about})", file=out)
     result = run_sweep(spec, trial_fn, backend=backend, workers=workers, threads=threads, out=out)
-    measured = measure(entry, budget, result.trials, seeds)
+    measured = measure(entry, budget, result.trials, seeds) | {"machine": machine(spec, threads, backend)}
     atomic_write_text(result.dir / "reproduce.json", json.dumps(measured, indent=2))
     table = format_table([measured])
     atomic_write_text(result.dir / "reproduce.md", table + "\n")
     print(table)
     return result.status
+
+
+def machine(spec, threads: int, backend: str) -> dict:
+    """Where the trials ran: this machine's CPU, its ISA flags and torch (shared/machine.py), with the torch threads
+    and the precision each trial used; for the slurm backend this is the submitting machine (each run's meta.json
+    names its own device)."""
+    from shared.machine import describe_machine
+    from shared.train.accel import resolve_precision
+    from shared.train.device import select_device
+
+    _, cfg = load_config(spec.config, spec.overrides)
+    accel = getattr(cfg, "accel", None)
+    device = select_device(getattr(cfg, "device", "auto"))
+    precision = resolve_precision(accel.precision, device) if accel is not None else "fp32"
+    return describe_machine(device) | {"threads": threads, "precision": precision, "backend": backend}
+
+
+def format_machine(m: dict) -> str:
+    """'AMD EPYC 7B13 (avx2), 1 thread, fp32'; '' for a reproduce.json written before machines were recorded."""
+    if "machine" not in m:
+        return ""
+    host = m["machine"]
+    flags = [flag for flag, present in host["isa"].items() if present] or ["no avx2"]
+    threads = f"{host['threads']} thread{'s' if host['threads'] != 1 else ''}"
+    return f"{host['cpu']} ({', '.join(flags)}), {threads}, {host['precision']}"
 
 
 def finished_runs(sweep_dir: Path, seeds: list) -> dict[int, str]:
@@ -406,12 +431,12 @@ def results_table(runs_dir: Path = Path("runs"), budgets: tuple = ("full", "cpu"
     found = [m for m in found if m["budget"] in budgets and m["entry"] in entry_names()]
     found.sort(key=lambda m: (entry_names().index(m["entry"]), BUDGETS.index(m["budget"])))
     rows = [
-        "| model | task | measured | published | verdict | budget | wall time, date | command |",
+        "| model | task | measured | published | verdict | budget | wall time, date, machine | command |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in found:
         entry = load_entry(m["entry"])
-        when = f"{format_wall(m)}, {m['measured'][:10]}"
+        when = "; ".join(filter(None, [f"{format_wall(m)}, {m['measured'][:10]}", format_machine(m)]))
         rows.append(
             f"| {m['model']} | {m['task']} | {format_measured(entry, m)} | {format_published(entry, m)} | {format_verdict(entry, m)} | {m['budget']}: {m['about']} | {when} | `{m['command']}` |"
         )
