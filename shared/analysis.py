@@ -38,10 +38,13 @@ from shared.errors import CheckpointError, PixlabError, RunFolderError
 from shared.tracking import Tracker, image_grid
 
 
-def load_classifier(run_dir: Path | str, device: torch.device | str = "cpu") -> tuple[Any, nn.Module, ImageData]:
+def load_classifier(
+    run_dir: Path | str, device: torch.device | str = "cpu", training: bool = False
+) -> tuple[Any, nn.Module, ImageData]:
     """(config, model, data) of a classify run: its config.yaml, the model with the weights of its newest intact
     checkpoint (the EMA weights when it kept them) in eval mode on `device`, and its dataset with the test split
-    on `device` (the training split stays on the CPU)."""
+    on `device` (the training split stays on the CPU); `training`: every split on `device`, with the run's own
+    validation hold-out, as its trainer had them (a compression retrains on them)."""
     run_dir, device = Path(run_dir), torch.device(device)
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -57,7 +60,7 @@ def load_classifier(run_dir: Path | str, device: torch.device | str = "cpu") -> 
     if found is None:
         raise CheckpointError(f"{run_dir} has no checkpoint: train it first (or resume it until it saves one)")
     path, checkpoint = found
-    data = classify.load_test_data(cfg, device)
+    data = classify.prepare_data(cfg, device) if training else classify.load_test_data(cfg, device)
     try:
         model = classify.scored_model(cfg, checkpoint, data, device)
     except (KeyError, RuntimeError) as e:

@@ -27,6 +27,7 @@ shared weights are copies of their centroids), so `pixlab eval` and any tool tha
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.analysis import load_classifier
-from shared.classify import ClassifyConfig, evaluate_split, prepare_data
+from shared.classify import ClassifyConfig, evaluate_split
 from shared.compression.int8 import images_per_second, quantize_int8, saved_bytes
 from shared.compression.prune import (
     apply_masks,
@@ -298,8 +299,8 @@ def train(cfg: CompressConfig, run: Run) -> None:
             "source is not set: name the classify run to compress (pixlab compress runs/<id>, or source=runs/<id>)",
             key="source",
         )
-    source, model, _ = load_classifier(cfg.source, run.device)
-    data = prepare_data(source, run.device)  # the training split too, with the source run's validation hold-out
+    source, model, data = load_classifier(cfg.source, run.device, training=True)
+    dense = copy.deepcopy(model).cpu() if cfg.int8.enabled else None  # the source weights, before any restore
     layers = prunable_layers(model)
     target = keep_targets(cfg.prune, layers)
     batch_size = cfg.train.batch_size or source.train.batch_size
@@ -369,7 +370,7 @@ def train(cfg: CompressConfig, run: Run) -> None:
     final = [k for k in ("test/error_shared", "test/error_pruned", "test/error_dense") if k in results][0]
     summary["test/error"] = results[final]
     if cfg.int8.enabled:
-        summary |= int8_metrics(cfg, data, eval_batch_size)
+        summary |= int8_metrics(cfg, dense, data, eval_batch_size)
     run.summary(summary | {"train/steps": step})
     print(format_summary(cfg.name, summary))
 
@@ -415,9 +416,8 @@ def storage_metrics(cfg: CompressConfig, model: nn.Module, layers: dict, state: 
     }
 
 
-def int8_metrics(cfg: CompressConfig, data: ImageData, batch_size: int) -> dict:
-    """The dense source model against its dynamic int8 copy, on CPU: test error, saved bytes, images/s."""
-    _, dense, _ = load_classifier(cfg.source, "cpu")
+def int8_metrics(cfg: CompressConfig, dense: nn.Module, data: ImageData, batch_size: int) -> dict:
+    """The dense source model (on CPU) against its dynamic int8 copy: test error, saved bytes, images/s."""
     quantized = quantize_int8(dense)
     test = data.test.to(torch.device("cpu"))
     fp32_speed = images_per_second(dense, test, data, batch_size, cfg.int8.repeats)
