@@ -14,7 +14,10 @@ linear classifier reads the state. The hybrid loss of section 4:
          + mean over images of sum_t (b_t - R)^2                      the baseline b_t, a linear map of h_t
 
 Evaluation averages the class log-probabilities of `eval_samples` sampled glimpse paths per image (a
-fixed seed, so the figure is repeatable). Each epoch's training images are drawn afresh for the translated
+fixed seed, so the figure is repeatable). With `task.val_size`, that many training images are held out
+(the same ones for every seed): each epoch is scored on them, the plateau schedule reads their NLL, and
+`train.select: best` reports the test error of the weights with the lowest validation error (stopping after
+`train.patience` epochs without a new best); the test set is never used to choose anything. Each epoch's training images are drawn afresh for the translated
 and cluttered tasks; the location noise of step s comes from a generator seeded by (seed, s): a run stopped
 mid-epoch resumes exactly. Training runs through the shared Accelerator (`accel:`); the loss, and the location
 policy (shared/models/glimpse.py says why), are computed in fp32 under any precision, and so is evaluation, whose
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.config import RunConfig, register, require, require_positive
-from shared.data import Split, epoch_order, load_dataset
+from shared.data import Split, epoch_order, hold_out, load_dataset
 from shared.data.translated import TEST_SEED, place
 from shared.figures import as_batch, glimpse_figure, glimpse_frames, render
 from shared.media import write_video
@@ -44,6 +47,7 @@ from shared.train.accel import AccelConfig, Accelerator
 from shared.train.device import select_device
 from shared.train.loop import EpochClock, RunningMeans
 from shared.train.optim import OptimConfig, Schedule, ScheduleConfig, make_optimizer
+from shared.train.select import BestWeights
 
 GLIMPSES_PER_SECOND = 1.5  # the pace of the glimpse animations: time to find each new glimpse on the digit
 
@@ -56,6 +60,8 @@ class TaskConfig:
     clutter: int = 0  # fragments of other digits pasted on the canvas (paper: 4 on 60x60, 8 on 100x100)
     fragment: int = 8  # side of a clutter fragment
     test_limit: Optional[int] = None  # score only the first N test images (smoke runs; not comparable to papers)
+    val_size: int = 0  # training images held out for validation (a fixed split): plateau, select=best, patience
+    train_limit: Optional[int] = None  # train on the first N images left after val_size (smoke runs, tests)
 
 
 @dataclass
@@ -67,6 +73,9 @@ class RAMTrainConfig:
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
     grad_clip: Optional[float] = None
     paths_to_plot: int = 8  # test images whose glimpse paths are drawn to media/ each epoch, and animated at the end
+    select: Literal["last", "best"] = "last"  # the weights the final test scores: the last, or the best on val
+    patience: Optional[int] = None  # select=best: stop after this many epochs without a new best val error
+    test_every: int = 1  # epochs between two test evaluations (the curve); the last step is always tested
 
 
 @dataclass
@@ -92,6 +101,7 @@ class RAMConfig(RunConfig):
         )
         require(0 < t.fragment <= 28, "task.fragment", "must be in 1..28", t.fragment)
         require((t.test_limit or 1) > 0, "task.test_limit", "must be > 0 or null", t.test_limit)
+        require((t.train_limit or 1) > 0, "task.train_limit", "must be > 0 or null", t.train_limit)
         require(m.glimpses >= 1, "model.glimpses", "must be >= 1", m.glimpses)
         require(m.patch >= 1, "model.patch", "must be >= 1", m.patch)
         require(m.scales >= 1, "model.scales", "must be >= 1", m.scales)
@@ -99,11 +109,25 @@ class RAMConfig(RunConfig):
         require_positive(self, "train.epochs", "train.batch_size")
         require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
         require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
+        require(self.train.test_every >= 1, "train.test_every", "must be >= 1", self.train.test_every)
+        require(t.val_size >= 0, "task.val_size", "must be >= 0", t.val_size)
         require(
-            self.schedule.name != "plateau",
+            self.schedule.name != "plateau" or t.val_size > 0,
             "schedule.name",
-            "'plateau' is not offered here (no validation split)",
+            "'plateau' needs task.val_size > 0: it reads validation NLL, never the test set",
             self.schedule.name,
+        )
+        require(
+            self.train.select == "last" or t.val_size > 0,
+            "train.select",
+            "'best' needs task.val_size > 0: it selects on validation error, never on the test set",
+            self.train.select,
+        )
+        require(
+            self.train.patience is None or (self.train.patience >= 1 and self.train.select == "best"),
+            "train.patience",
+            "must be >= 1 and needs train.select=best (early stopping keeps the best weights)",
+            self.train.patience,
         )
 
 
@@ -182,19 +206,37 @@ def fixed_test_split(cfg: RAMConfig, mnist_test: Split) -> Split:
     return Split(split.images[:n], split.labels[:n])
 
 
+def train_val_splits(cfg: RAMConfig, mnist_train: Split) -> tuple[Split, Optional[Split]]:
+    """The MNIST training images left to train on (the first `task.train_limit` if set), and the task's fixed
+    validation set (None without `task.val_size`), placed once on the canvas like the test set but apart
+    from it."""
+    kept, val = mnist_train, None
+    if cfg.task.val_size:
+        kept, held = hold_out(mnist_train, cfg.task.val_size, "task.val_size")
+        val = task_split(cfg, held, TEST_SEED, -2)
+    n = cfg.task.train_limit or len(kept)
+    return Split(kept.images[:n], kept.labels[:n]), val
+
+
 def train(cfg: RAMConfig, run: Run) -> None:
     device = run.device
     mnist = load_dataset("mnist", cfg.task.root, cfg.task.download).to(device)
     test = fixed_test_split(cfg, mnist.test)
+    mnist_train, val = train_val_splits(cfg, mnist.train)
     accel = Accelerator(cfg.accel, device)
     model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     net = accel.prepare(model)  # what the training step calls (maybe compiled)
-    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(mnist.train) / cfg.train.batch_size))
+    clock = EpochClock.from_config(cfg, steps_per_epoch=math.ceil(len(mnist_train) / cfg.train.batch_size))
     schedule = Schedule(optimizer, cfg.schedule, clock.total_steps)
     objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+    best = BestWeights(model, cfg.train.patience) if cfg.train.select == "best" else None
+    if best is not None:
+        objects["best"] = best
     state = run.restore(objects) or {"step": 0}
     clock.start(state["step"])
+    if best is not None and best.exhausted:  # stopped early before this resume
+        clock.finish()
     running = RunningMeans(["nll", "reinforce", "baseline_mse", "reward", "loss"], device, state)
     # The Accelerator's state (the fp16 loss scale) rides in the counters: checkpoints from before RAM had an
     # Accelerator hold none, and must still resume.
@@ -203,9 +245,9 @@ def train(cfg: RAMConfig, run: Run) -> None:
     progress = tqdm(
         total=clock.total_steps, initial=clock.step, desc=cfg.name, unit="step", disable=None, dynamic_ncols=True
     )
-    tested: Optional[dict] = None
+    scored: dict = {}  # the newest end-of-epoch metrics
     while not clock.stop_now:
-        train_split = task_split(cfg, mnist.train, cfg.seed, clock.epoch)
+        train_split = task_split(cfg, mnist_train, cfg.seed, clock.epoch)
         order = epoch_order(len(train_split), cfg.seed, clock.epoch, device)
         model.train()
         for images, labels in train_split.batches(cfg.train.batch_size, order, start=clock.batch):
@@ -225,10 +267,12 @@ def train(cfg: RAMConfig, run: Run) -> None:
                 run.log(metrics | {"train/lr": schedule.lr} | clock.pace(cfg.train.batch_size), clock.step)
                 progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", reward=f"{metrics['train/reward']:.3f}")
             if clock.epoch_ended or clock.finished:
-                tested = evaluate_split(model, test, cfg)
-                run.log({f"test/{k}": v for k, v in tested.items()}, clock.step)
+                scored = end_of_epoch(model, val, test, cfg, run, clock, schedule, best)
                 plot_glimpses(model, test, cfg, run, clock.step, animate=clock.finished)
-                progress.write(f"epoch {clock.step / clock.steps_per_epoch:.2f}: test error {tested['error']:.2%}")
+                progress.write(
+                    f"epoch {clock.step / clock.steps_per_epoch:.2f}: "
+                    + ", ".join(f"{k} {v:.2%}" for k, v in scored.items() if k.endswith("/error"))
+                )
                 model.train()
             clock.stopped = run.should_stop
             if clock.checkpoint_now:
@@ -238,11 +282,45 @@ def train(cfg: RAMConfig, run: Run) -> None:
     progress.close()
     if clock.stopped:
         return
-    final = tested or evaluate_split(model, test, cfg)  # a run resumed at its last step has not tested yet
-    run.summary({f"test/{k}": v for k, v in final.items()} | {"train/steps": clock.step})
+    summary = {"train/steps": clock.step}
+    final = {k.removeprefix("test/"): v for k, v in scored.items() if k.startswith("test/")}  # the last step's
+    if best is not None:
+        best.restore(model)
+        summary |= {"val/best_error": best.metric, "train/best_step": best.step}
+        final = {}
+    final = final or evaluate_split(model, test, cfg)  # also for a run resumed at its last step
+    run.summary({f"test/{k}": v for k, v in final.items()} | summary)
+    chosen = f"the best validation step, {best.step}, of {clock.step}" if best is not None else f"{clock.step} steps"
     print(
-        f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {clock.step} steps, {cfg.model.glimpses} glimpses"
+        f"{cfg.name}: test error {final['error']:.2%} ({final['errors']} of {len(test)}) after {chosen}, {cfg.model.glimpses} glimpses"
     )
+
+
+def end_of_epoch(
+    model: RecurrentAttention,
+    val: Optional[Split],
+    test: Split,
+    cfg: RAMConfig,
+    run: Run,
+    clock: EpochClock,
+    schedule: Schedule,
+    best: Optional[BestWeights],
+) -> dict:
+    """Score the validation set (feeding the plateau schedule, the selection and early stopping) and, when due,
+    the test set; log and return the metrics."""
+    metrics = {}
+    if val is not None:
+        validated = evaluate_split(model, val, cfg)
+        metrics |= {f"val/{k}": v for k, v in validated.items()}
+        schedule.observe(validated["nll"])
+        if best is not None:
+            best.observe(validated["error"], clock.step, model)
+            if best.exhausted:
+                clock.finish()
+    if clock.finished or (clock.step // clock.steps_per_epoch) % cfg.train.test_every == 0:
+        metrics |= {f"test/{k}": v for k, v in evaluate_split(model, test, cfg).items()}
+    run.log(metrics, clock.step)
+    return metrics
 
 
 @torch.no_grad()
@@ -297,6 +375,8 @@ def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
     test = fixed_test_split(cfg, mnist.test.to(device))
     model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
     model.load_state_dict(checkpoint["state"]["model"])
+    if cfg.train.select == "best":  # the weights the run's summary scored
+        model.load_state_dict(checkpoint["state"]["best"]["weights"])
     return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in evaluate_split(model, test, cfg).items()}
 
 
@@ -306,6 +386,7 @@ register(
     evaluate,
     metrics=[
         {"name": "test/error", "goal": "minimize", "unit": "%", "scale": 100},  # logged as a fraction
+        {"name": "val/error", "goal": "minimize", "unit": "%", "scale": 100},  # with task.val_size > 0
         {"name": "train/loss", "goal": "minimize"},  # the hybrid loss: NLL + REINFORCE + baseline MSE
         {"name": "train/reward", "goal": "maximize"},  # the fraction of right answers
     ],

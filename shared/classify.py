@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from shared.adversarial import AttackConfig, attack, eval_mode, evaluate_attack, pixel_classifier
 from shared.config import RunConfig, register, require, require_choice, require_positive
-from shared.data import DATASETS, ImageData, Split, class_names, epoch_order, load_dataset
+from shared.data import DATASETS, ImageData, Split, class_names, epoch_order, hold_out, load_dataset
 from shared.data.augment import AugmentConfig, augment
 from shared.distill import DistillConfig, check_teacher, check_values, distillation_loss, load_teacher
-from shared.errors import CheckpointError, ConfigError
+from shared.errors import CheckpointError
 from shared.figures import as_batch, confusion_counts, confusion_figure, image_grid_figure, mistake_caption, render
 from shared.models import MODELS, build_model
 from shared.rng import stream
@@ -261,14 +261,7 @@ def prepare_data(cfg: ClassifyConfig, device: torch.device) -> ImageData:
     """Load the dataset onto the device; hold out `data.val_size` training images (a fixed split) as `data.val`."""
     data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download, cfg.data.pad)
     if cfg.data.val_size:
-        if cfg.data.val_size >= len(data.train):
-            raise ConfigError(
-                f"data.val_size={cfg.data.val_size} leaves no training images (the set has {len(data.train)})"
-            )
-        order = epoch_order(len(data.train), seed=0, epoch=-1, device=torch.device("cpu"))
-        held, kept = order[: cfg.data.val_size], order[cfg.data.val_size :]
-        data.val = Split(data.train.images[held], data.train.labels[held])
-        data.train = Split(data.train.images[kept], data.train.labels[kept])
+        data.train, data.val = hold_out(data.train, cfg.data.val_size, "data.val_size")
     return data.to(device)
 
 

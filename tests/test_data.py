@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data import epoch_order, load_dataset
+from shared.data import epoch_order, hold_out, load_dataset
 from shared.data.files import ensure_file, md5sum
 from shared.data.mnist import FILES, load_mnist, read_idx
 from shared.data.tensors import Split
-from shared.errors import DataError
+from shared.errors import ConfigError, DataError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -222,3 +222,16 @@ def test_cifar10_archive_is_verified_then_extracted_whole(tmp_path, monkeypatch)
     data = cifar10.load_cifar10(str(tmp_path / "data"), download=False, batches=md5s)
     assert len(data.train) == 20
     assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_hold_out_splits_off_the_same_images_for_every_call_and_refuses_an_empty_rest():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    split = Split(images, torch.arange(10))
+    kept, held = hold_out(split, 3, "task.val_size")
+    order = epoch_order(10, seed=0, epoch=-1, device=torch.device("cpu"))  # the fixed shuffle it draws from
+    assert held.labels.tolist() == order[:3].tolist() and kept.labels.tolist() == order[3:].tolist()
+    assert held.images.flatten().tolist() == held.labels.tolist()  # images travel with their labels
+    again, _ = hold_out(split, 3, "task.val_size")
+    assert torch.equal(again.labels, kept.labels)
+    with pytest.raises(ConfigError, match=r"task.val_size=10 leaves no training images \(the set has 10\)"):
+        hold_out(split, 10, "task.val_size")

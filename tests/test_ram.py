@@ -87,3 +87,48 @@ def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
 def test_bad_task_exits_2_naming_the_key(tmp_path):
     result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), "task.clutter=4", cwd=tmp_path)
     assert result.returncode == 2 and "task.clutter" in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_early(tmp_path, mnist_root):
+    steps_per_epoch, patience = 3, 2
+    args = [
+        "train",
+        str(CONFIGS / "ram" / "mnist.yaml"),
+        f"task.root={mnist_root}",
+        "task.val_size=64",
+        "task.train_limit=96",
+        "task.test_limit=64",
+        "train.batch_size=32",
+        "train.epochs=12",
+        "train.eval_samples=2",
+        "train.paths_to_plot=0",
+        "train.select=best",
+        f"train.patience={patience}",
+        "optim.lr=0.01",
+        "schedule.name=constant",
+        "checkpoint.every=100",
+    ]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path / "runs")
+    records = read_metrics(run / "metrics.jsonl")
+    epochs = [r for r in records if "val/error" in r]
+    steps = [r["step"] for r in epochs]
+    assert steps == list(range(steps_per_epoch, steps[-1] + 1, steps_per_epoch))  # every epoch, on 64 held-out images
+    assert all(r["val/errors"] == round(r["val/error"] * 64) for r in epochs)
+    best = min(epochs, key=lambda r: r["val/error"])  # the first of equals
+    summary = records[-1]["summary"]
+    assert summary["train/best_step"] == best["step"] and summary["val/best_error"] == best["val/error"]
+    assert summary["test/error"] == best["test/error"]  # the best weights' test error, not the last weights'
+    if steps[-1] < 12 * steps_per_epoch:  # stopped early: exactly `patience` epochs after the best
+        assert steps[-1] == best["step"] + patience * steps_per_epoch
+    evaluated = run_cli("eval", str(run), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test/error"] == summary["test/error"]  # eval scores the selected weights
+
+
+def test_selection_and_plateau_need_a_validation_split(tmp_path):
+    for key, value in [("train.select", "best"), ("schedule.name", "plateau")]:
+        result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), f"{key}={value}", cwd=tmp_path)
+        assert result.returncode == 2 and key in result.stderr and "task.val_size" in result.stderr
+        assert not (tmp_path / "runs").exists()

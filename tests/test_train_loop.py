@@ -8,6 +8,7 @@ import torch
 
 from shared.train import loop
 from shared.train.loop import EpochClock, RunningMeans
+from shared.train.select import BestWeights
 
 # 3 epochs of 5 steps (15 in all), a log line every 4 steps, a checkpoint every 6.
 SCHEDULE = dict(steps_per_epoch=5, epochs=3, max_steps=None, log_every=4, checkpoint_every=6)
@@ -112,3 +113,40 @@ def test_running_means_read_the_counters_older_checkpoints_hold(names, written, 
         assert running.sums.tolist() == [0.0] * len(names)
     else:
         assert running.means() == means
+
+
+def test_best_weights_keep_the_lowest_metric_and_run_out_of_patience():
+    model = torch.nn.Linear(1, 1, bias=False)
+    best = BestWeights(model, patience=2)
+    seen = []
+    for step, metric in [(1, 0.5), (2, 0.4), (3, 0.4), (4, 0.45), (5, 0.3), (6, 0.35), (7, 0.3)]:
+        model.weight.data.fill_(step)  # the weights of each step are the step's number
+        seen.append((best.observe(metric, step, model), best.exhausted))
+    # 0.4 again is no improvement: the first of equals is kept; two bad evaluations in a row exhaust it
+    assert seen == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (False, True),
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
+    assert (best.metric, best.step) == (0.3, 5)
+    model.weight.data.fill_(-1.0)
+    best.restore(model)
+    assert model.weight.item() == 5.0
+
+    resumed = BestWeights(model)
+    resumed.load_state_dict(best.state_dict())
+    assert (resumed.metric, resumed.step, resumed.bad_evaluations) == (0.3, 5, 2)
+    assert resumed.weights["weight"].item() == 5.0 and not resumed.exhausted  # patience comes from the config
+    assert BestWeights(model, patience=None).exhausted is False
+
+
+def test_finish_ends_the_budget_at_the_current_step():
+    clock = EpochClock(**SCHEDULE)
+    for _ in range(7):
+        clock.tick()
+    clock.finish()
+    assert clock.finished and clock.stop_now and clock.checkpoint_now and clock.total_steps == 7

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from shared.data.tensors import ImageData, Split, epoch_order
+from shared.data.tensors import ImageData, Split, epoch_order, hold_out
 
 DATASETS = ("mnist", "digits", "cifar10")
 
@@ -37,4 +37,4 @@ def class_names(name: str) -> list[str]:
     return [str(label) for label in range(10)]
 
 
-__all__ = ["DATASETS", "ImageData", "Split", "class_names", "epoch_order", "load_dataset"]
+__all__ = ["DATASETS", "ImageData", "Split", "class_names", "epoch_order", "hold_out", "load_dataset"]

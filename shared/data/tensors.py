@@ -12,6 +12,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from shared.errors import ConfigError
 from shared.rng import stream
 
 
@@ -46,6 +47,17 @@ class Split:
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The shuffle of one epoch, a function of (seed, epoch) alone, so a resumed run replays it exactly."""
     return torch.randperm(n, generator=stream(seed, "epoch order", epoch)).to(device)
+
+
+def hold_out(split: Split, size: int, key: str) -> tuple[Split, Split]:
+    """(kept, held): `size` images of `split` held out for validation, the same ones for every seed and run
+    (a fixed shuffle), so that selection on them never touches the test set. `key` names the config key in
+    the error when nothing would be left to train on."""
+    if size >= len(split):
+        raise ConfigError(f"{key}={size} leaves no training images (the set has {len(split)})")
+    order = epoch_order(len(split), seed=0, epoch=-1, device=split.labels.device)
+    held, kept = order[:size], order[size:]
+    return Split(split.images[kept], split.labels[kept]), Split(split.images[held], split.labels[held])
 
 
 @dataclass

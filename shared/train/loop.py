@@ -85,6 +85,10 @@ class EpochClock:
         """The budget is spent."""
         return self.step >= self.total_steps
 
+    def finish(self) -> None:
+        """End the budget at this step (early stopping): `finished` holds from here on."""
+        self.total_steps = self.step
+
     @property
     def checkpoint_now(self) -> bool:
         """Every `checkpoint_every` steps, at the last step, and before a stop."""
