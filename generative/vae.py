@@ -12,7 +12,9 @@ decoder (shared/models/conv_vae.py), one of:
   et al. 2017, with one component): the decoder gives a mean and a log-scale per sub-pixel.
 
 The loss is the negative ELBO per image, in nats: -E_q[log p(x|z)] (one reparameterized sample, logged as
-train/recon) + KL(q(z|x) || p(z)) (in closed form, train/kl). The test NLL is the IWAE bound
+train/recon) + KL(q(z|x) || p(z)) (in closed form, train/kl). With `train.kl_warmup_steps`, the gradient
+step weighs the KL term from near 0 up to 1 over those first steps (the logged loss stays the full -ELBO).
+The test NLL is the IWAE bound
 
     log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x),   z_i ~ q(z|x)
 
@@ -31,8 +33,11 @@ published figures to a tenth of a nat, and a bf16 logit carries three significan
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -41,6 +46,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative.metrics import MetricsConfig, SampleScorer, check_metrics_config
+from shared.atomic import atomic_write_text
 from shared.config import RunConfig, register, require, require_positive
 from shared.data import ImageData, Split, epoch_order, load_dataset
 from shared.data.binarize import binarize, binarize_test
@@ -76,6 +82,7 @@ class VAETrainConfig:
     eval_batch_size: int = 1000
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
     grad_clip: Optional[float] = None
+    kl_warmup_steps: int = 0  # the KL term's weight rises linearly from 0 to 1 over these steps (0: always 1)
 
 
 @dataclass
@@ -129,6 +136,7 @@ class VAEConfig(RunConfig):
             "must be >= 2",
             self.media.interpolation_steps,
         )
+        require(self.train.kl_warmup_steps >= 0, "train.kl_warmup_steps", "must be >= 0", self.train.kl_warmup_steps)
         require(self.media.manifold_size >= 2, "media.manifold_size", "must be >= 2", self.media.manifold_size)
         require(
             self.data.likelihood != "bernoulli" or self.data.name == "mnist",
@@ -272,6 +280,12 @@ class VAEData:
 
 
 # --------------------------------------------------------------------- training
+def kl_weight(cfg: VAEConfig, step: int) -> float:
+    """The KL term's weight in the objective of step `step` (0-based): (step + 1) / kl_warmup_steps, then 1
+    (Sonderby et al. 2016's warm-up; the logged train/loss is always the full negative ELBO)."""
+    return min(1.0, (step + 1) / cfg.train.kl_warmup_steps) if cfg.train.kl_warmup_steps else 1.0
+
+
 def train(cfg: VAEConfig, run: Run) -> None:
     data = VAEData(cfg, run.device)
     channels, size = data.images.train.images.shape[1:3]
@@ -308,8 +322,9 @@ def train(cfg: VAEConfig, run: Run) -> None:
             noise = torch.randn(len(x), cfg.model.latent_dim, device=run.device)
             with accel.autocast():
                 log_px, kl = elbo_terms(net, accel.to_input(x), target, noise)
-            loss = (kl - log_px).mean()  # the negative ELBO, nats per image
-            accel.backward_step(loss, optimizer, vae.parameters(), cfg.train.grad_clip)
+            loss = (kl - log_px).mean()  # the negative ELBO, nats per image: what is logged
+            objective = (kl_weight(cfg, clock.step) * kl - log_px).mean()  # the same after the KL warm-up
+            accel.backward_step(objective, optimizer, vae.parameters(), cfg.train.grad_clip)
             schedule.step()
             clock.tick()
             running.add(loss=loss, kl=kl.mean(), recon=-log_px.mean())
@@ -341,7 +356,11 @@ def train(cfg: VAEConfig, run: Run) -> None:
         )
     summary = {"train/steps": clock.step} | {k: v for k, v in last.items() if k != "step"}
     if cfg.eval.at_end:
-        summary |= test_iwae(vae, data, cfg)
+        # Hours at k = 5000: a stop saves the bound's sums beside the run, and the resumed run continues them.
+        iwae = test_iwae(vae, data, cfg, run.dir / f"iwae-{clock.step:09d}.json", lambda: run.should_stop)
+        if iwae is None:
+            return
+        summary |= iwae
     if scorer is not None:
         summary |= scorer.reference(data.images)
     run.summary(summary)
@@ -394,21 +413,40 @@ def test_elbo(vae: VAE, data: VAEData, cfg: VAEConfig) -> dict:
 
 
 @torch.no_grad()
-def test_iwae(vae: VAE, data: VAEData, cfg: VAEConfig) -> dict:
+def test_iwae(
+    vae: VAE, data: VAEData, cfg: VAEConfig, progress: Optional[Path] = None, should_stop=lambda: False
+) -> Optional[dict]:
     """The IWAE bound with k = eval.iwae_k on the first eval.test_images test images (test/nll_nats), and the
     mean of the same log weights, a k-sample ELBO of those images (test/elbo_nats_iwae_images); nats per image.
 
     Images go through in groups of max(1, chunk // k), each group's k latents in pieces of at most `chunk`
-    decoded latents; the k log weights of an image are gathered before the logsumexp.
+    decoded latents; the k log weights of an image are gathered before the logsumexp. Each group draws its
+    latents from its own generator, so the sums can stop and continue: with a `progress` file (JSON), they
+    are saved there every minute and when `should_stop()` turns true (then None is returned), and a later
+    call with the same file and settings continues from them. At k = 5000 on all 10,000 test images the
+    bound takes hours on a CPU.
     """
     vae.eval()
     k, device = cfg.eval.iwae_k, data.test.device
     test = data.test[: cfg.eval.test_images]
-    generator = stream(cfg.seed, "iwae", device=device)
     group = max(1, cfg.eval.chunk // k)
     per_piece = max(1, cfg.eval.chunk // group)
-    bound_sum, weight_sum = 0.0, 0.0
-    for first in range(0, len(test), group):
+    settings = {"k": k, "images": len(test), "group": group, "per_piece": per_piece, "seed": cfg.seed}
+    done, bound_sum, weight_sum = 0, 0.0, 0.0
+    if progress is not None and progress.exists():
+        saved = json.loads(progress.read_text())
+        if saved["settings"] == settings:
+            done, bound_sum, weight_sum = saved["done"], saved["bound_sum"], saved["weight_sum"]
+    saved_at = time.monotonic()
+    for first in range(done, len(test), group):
+        stopping = should_stop()
+        if progress is not None and (stopping or time.monotonic() - saved_at > 60):
+            state = {"settings": settings, "done": first, "bound_sum": bound_sum, "weight_sum": weight_sum}
+            atomic_write_text(progress, json.dumps(state))
+            saved_at = time.monotonic()
+        if stopping:
+            return None
+        generator = stream(cfg.seed, "iwae images", first, device=device)
         x, target = data.inputs(test[first : first + group])
         log_w = torch.cat(
             [

@@ -19,7 +19,7 @@ STREAMS = {
     "adversarial start": 0,  # PGD's random start in adversarial training at step `index` (shared/classify.py)
     "sample scoring": 7,  # the samples that FID and IS score (generative/metrics.py)
     "test elbo": 11,  # the VAE's one latent sample per test image
-    "iwae": 13,  # the VAE's importance samples
+    "iwae images": 100_000,  # the VAE's importance samples for the group of test images starting at `index`
     "fixed noise": 17,  # the latent noise behind every epoch's sample grid (VAE, DCGAN)
     "test attack": 19,  # PGD's random starts when the test set is attacked (shared/adversarial.py)
     "interpolation ends": 23,  # the latent pairs of DCGAN's interpolation strip

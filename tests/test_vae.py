@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,8 +14,12 @@ from conftest import CONFIGS, only_run_dir, run_cli
 from exact_resume import assert_resume_is_exact
 from wandb_records import offline_run
 
+from generative import vae
 from generative.vae import (
     VAE,
+    VAEConfig,
+    VAEEvalConfig,
+    VAETrainConfig,
     discretized_logistic_log_likelihood,
     elbo_terms,
     gaussian_kl,
@@ -130,6 +135,7 @@ def test_logistic_vae_decodes_a_mean_and_a_scale_per_sub_pixel():
         ("data.name=cifar10", "data.likelihood"),  # bernoulli is for binarized MNIST
         ("metrics.num_samples=1", "metrics.num_samples"),
         ("metrics.network=inception", "metrics.inception_weights"),
+        ("train.kl_warmup_steps=-1", "train.kl_warmup_steps"),
     ],
 )
 def test_bad_config_values_exit_2_naming_the_key(tmp_path, capsys, override, key):
@@ -201,3 +207,35 @@ def test_vae_resumed_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(tmp
     assert_resume_is_exact(
         BINARIZED, overrides, tmp_path, stop_at=3, written_before=written_before
     )  # between two log lines
+
+
+def test_kl_warmup_weighs_each_training_step_and_ends_at_one(tmp_path, mnist_root, monkeypatch):
+    cfg = VAEConfig(train=VAETrainConfig(kl_warmup_steps=4))
+    assert [vae.kl_weight(cfg, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert vae.kl_weight(VAEConfig(), 0) == 1.0  # no warm-up: the plain -ELBO from the first step
+
+    weights = []
+    original = vae.kl_weight
+    monkeypatch.setattr(vae, "kl_weight", lambda cfg, step: weights.append(original(cfg, step)) or weights[-1])
+    args = [*TINY, "train.kl_warmup_steps=4", "metrics.network=none", "eval.at_end=false", f"data.root={mnist_root}"]
+    assert main(["train", BINARIZED, *args, f"runs_dir={tmp_path / 'runs'}"]) == 0
+    assert weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]  # one call per training step, in order
+
+
+def test_iwae_bound_stopped_midway_continues_from_its_saved_sums_to_the_same_figure(tmp_path):
+    torch.manual_seed(0)
+    model = VAE(1, 28, 4, 4, "bernoulli")
+    images = (torch.rand(12, 1, 28, 28) > 0.5).to(torch.uint8)
+    data = SimpleNamespace(test=images, bernoulli=True, inputs=lambda b: (b.float(), b.float()))
+    cfg = VAEConfig(eval=VAEEvalConfig(iwae_k=10, chunk=40))  # groups of 4 images, 10 latents each
+    whole = vae.test_iwae(model, data, cfg)
+
+    progress, asked = tmp_path / "iwae.json", iter([False, False, True])  # a stop before the third group
+    assert vae.test_iwae(model, data, cfg, progress, lambda: next(asked)) is None
+    saved = json.loads(progress.read_text())
+    first_eight = vae.test_iwae(model, SimpleNamespace(**{**vars(data), "test": images[:8]}), cfg)
+    assert saved["done"] == 8 and saved["bound_sum"] == pytest.approx(-8 * first_eight["test/nll_nats"], rel=1e-12)
+    assert vae.test_iwae(model, data, cfg, progress) == whole  # continued: the same figure to the last bit
+
+    other = VAEConfig(eval=VAEEvalConfig(iwae_k=20, chunk=40))  # other settings: the saved sums are not used
+    assert vae.test_iwae(model, data, other, progress) == vae.test_iwae(model, data, other)
