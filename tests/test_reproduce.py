@@ -117,6 +117,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     by_seed = {json.loads((r / "meta.json").read_text())["seed"]: r for r in runs}
     expected = [read_summary(by_seed[s])[entry.metric.name] * entry.metric.scale for s in range(seeds)]
     assert measured["seeds"] == list(range(seeds)) and measured["values"] == pytest.approx(expected)
+    assert measured["summaries"] == {str(s): read_summary(by_seed[s]) for s in range(seeds)}  # every figure kept
     assert measured["mean"] == pytest.approx(statistics.fmean(expected))
     assert measured["std"] == pytest.approx(statistics.stdev(expected))
     assert measured["difference"] == pytest.approx(measured["mean"] - entry.published["value"])

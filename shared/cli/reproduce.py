@@ -317,10 +317,11 @@ class WithNeededRuns:
 
 def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] = None) -> dict:
     """The entry's metric over the finished seeds: values, mean, std, difference, wall time, command."""
+    summaries = {t["seed"]: read_summary(t["run_dir"]) for t in trials if t["status"] == "done"}
     finished = [
-        (t["seed"], read_summary(t["run_dir"]).get(entry.metric.name), t["wall_time"])
+        (t["seed"], summaries[t["seed"]].get(entry.metric.name), t["wall_time"])
         for t in trials
-        if t["status"] == "done"
+        if t["seed"] in summaries
     ]
     scored = [(seed, value * entry.metric.scale, wall) for seed, value, wall in finished if value is not None]
     values = [v for _, v, _ in scored]
@@ -349,6 +350,7 @@ def measure(entry: Entry, budget: str, trials: list[dict], seeds: Optional[int] 
         "wall_time_s": sum(walls) if walls else None,
         "wall_time_per_seed_s": statistics.fmean(walls) if walls else None,
         "command": command,
+        "summaries": {str(seed): summary for seed, summary in summaries.items()},  # each seed's run, every figure
         "measured": _dt.datetime.now().isoformat(timespec="seconds"),
         "git": git_state(),
     }
