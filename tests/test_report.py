@@ -295,7 +295,7 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(sweep, tmp_path, capsys,
 def test_report_reads_units_goals_and_step_units_from_the_registry():
     assert {name: a.scores() for name, a in ALGORITHMS.items()} == {
         "classify": ["test/error", "val/error", "test/loss", "train/loss", "test/errors", "test/attack/error"],
-        "ram": ["test/error", "train/loss", "train/reward"],
+        "ram": ["test/error", "val/error", "train/loss", "train/reward"],
         "dqn": ["eval/return", "eval/hns", "train/episode_return", "train/loss"],
         "reinforce": ["train/return_100", "train/episode_return", "train/loss", "train/hns_100"],
         "pixelcnn": ["test/nll_nats", "test/bits_per_dim", "train/loss"],
