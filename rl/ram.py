@@ -201,9 +201,7 @@ def task_split(cfg: RAMConfig, split: Split, seed: int, epoch: int) -> Split:
 
 def fixed_test_split(cfg: RAMConfig, mnist_test: Split) -> Split:
     """The fixed test set of the task (its first `task.test_limit` images if set)."""
-    split = task_split(cfg, mnist_test, TEST_SEED, -1)
-    n = cfg.task.test_limit or len(split)
-    return Split(split.images[:n], split.labels[:n])
+    return task_split(cfg, mnist_test, TEST_SEED, -1).head(cfg.task.test_limit)
 
 
 def train_val_splits(cfg: RAMConfig, mnist_train: Split) -> tuple[Split, Optional[Split]]:
@@ -214,8 +212,7 @@ def train_val_splits(cfg: RAMConfig, mnist_train: Split) -> tuple[Split, Optiona
     if cfg.task.val_size:
         kept, held = hold_out(mnist_train, cfg.task.val_size, "task.val_size")
         val = task_split(cfg, held, TEST_SEED, -2)
-    n = cfg.task.train_limit or len(kept)
-    return Split(kept.images[:n], kept.labels[:n]), val
+    return kept.head(cfg.task.train_limit), val
 
 
 def train(cfg: RAMConfig, run: Run) -> None:
@@ -283,12 +280,13 @@ def train(cfg: RAMConfig, run: Run) -> None:
     if clock.stopped:
         return
     summary = {"train/steps": clock.step}
-    final = {k.removeprefix("test/"): v for k, v in scored.items() if k.startswith("test/")}  # the last step's
     if best is not None:
         best.restore(model)
         summary |= {"val/best_error": best.metric, "train/best_step": best.step}
-        final = {}
-    final = final or evaluate_split(model, test, cfg)  # also for a run resumed at its last step
+        final = evaluate_split(model, test, cfg)
+    else:  # the last step's test, unless a run resumed at its last step has not tested yet
+        final = {k.removeprefix("test/"): v for k, v in scored.items() if k.startswith("test/")}
+        final = final or evaluate_split(model, test, cfg)
     run.summary({f"test/{k}": v for k, v in final.items()} | summary)
     chosen = f"the best validation step, {best.step}, of {clock.step}" if best is not None else f"{clock.step} steps"
     print(
@@ -374,9 +372,8 @@ def evaluate(cfg: RAMConfig, checkpoint: dict) -> dict:
     mnist = load_dataset("mnist", cfg.task.root, cfg.task.download)
     test = fixed_test_split(cfg, mnist.test.to(device))
     model = RecurrentAttention(1, mnist.num_classes, cfg.model).to(device)
-    model.load_state_dict(checkpoint["state"]["model"])
-    if cfg.train.select == "best":  # the weights the run's summary scored
-        model.load_state_dict(checkpoint["state"]["best"]["weights"])
+    state = checkpoint["state"]
+    model.load_state_dict(state["best"]["weights"] if cfg.train.select == "best" else state["model"])  # as scored
     return {"step": checkpoint["step"]} | {f"test/{k}": v for k, v in evaluate_split(model, test, cfg).items()}
 
 

@@ -235,3 +235,9 @@ def test_hold_out_splits_off_the_same_images_for_every_call_and_refuses_an_empty
     assert torch.equal(again.labels, kept.labels)
     with pytest.raises(ConfigError, match=r"task.val_size=10 leaves no training images \(the set has 10\)"):
         hold_out(split, 10, "task.val_size")
+
+
+def test_head_takes_the_first_images_with_their_labels_or_all_of_them():
+    split = Split(torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1), torch.arange(5))
+    assert split.head(2).labels.tolist() == [0, 1] and split.head(2).images.flatten().tolist() == [0, 1]
+    assert split.head(None) is split

@@ -15,6 +15,14 @@ from shared.models.glimpse import GlimpseConfig
 from shared.tracking import read_metrics
 
 
+def train_run(args: list[str], tmp_path) -> tuple:
+    """`pixlab ARGS` must succeed; its run folder and the records of its metrics.jsonl."""
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path / "runs")
+    return run, read_metrics(run / "metrics.jsonl")
+
+
 def test_hybrid_loss_matches_hand_computation():
     out = Glimpses(
         logits=torch.tensor([[2.0, 0.0], [0.0, 1.0]]),  # image 0 right (class 0), image 1 wrong
@@ -62,10 +70,7 @@ def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
         "tracking.log_every=10",
         "checkpoint.every=10",
     ]
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    run = only_run_dir(tmp_path / "runs")
-    records = read_metrics(run / "metrics.jsonl")
+    run, records = train_run(args, tmp_path)
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20]
     tests = [r for r in records if "test/error" in r]
     assert [r["step"] for r in tests] == [20]
@@ -108,10 +113,7 @@ def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_ea
         "schedule.name=constant",
         "checkpoint.every=100",
     ]
-    result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    run = only_run_dir(tmp_path / "runs")
-    records = read_metrics(run / "metrics.jsonl")
+    run, records = train_run(args, tmp_path)
     epochs = [r for r in records if "val/error" in r]
     steps = [r["step"] for r in epochs]
     assert steps == list(range(steps_per_epoch, steps[-1] + 1, steps_per_epoch))  # every epoch, on 64 held-out images

@@ -48,7 +48,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     from shared.adversarial import attack, eval_mode, evaluate_attack, pixel_classifier
     from shared.analysis import analysis_folder, load_classifier
-    from shared.data import Split
     from shared.errors import PixlabError
     from shared.rng import stream
     from shared.train.device import select_device
@@ -67,7 +66,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     method = args.method or (section.method if section.method != "none" else "fgsm")
     given = {"steps": args.steps, "step_size": args.step_size, "restarts": args.restarts}
     settings = dataclasses.replace(section, method=method, **{k: v for k, v in given.items() if v is not None})
-    split = data.test if args.limit is None else Split(data.test.images[: args.limit], data.test.labels[: args.limit])
+    split = data.test.head(args.limit)
     epsilons = sorted(set(args.epsilons))
     chosen = {"method": method, "epsilons": epsilons, "images": len(split)}
     if method == "pgd":

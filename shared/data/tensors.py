@@ -33,6 +33,10 @@ class Split:
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
 
+    def head(self, n: Optional[int]) -> "Split":
+        """The first `n` images (all of them when n is None)."""
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
     def batches(self, batch_size: int, order: Optional[torch.Tensor] = None, start: int = 0) -> Iterator[tuple]:
         """Yield (images, labels) batches, from batch number `start`, in `order` (a permutation) or as stored."""
         n = len(self)
