@@ -149,7 +149,7 @@ class ClassifyConfig(RunConfig):
 
     def check(self) -> None:
         if self.train.distill.teacher:
-            check_teacher(self.train.distill, self.data.name, self.data.pad)
+            check_teacher(self.train.distill, self.data.name, self.data.pad, self.data.val_size)
 
 
 def train(cfg: ClassifyConfig, run: Run) -> None:

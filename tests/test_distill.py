@@ -21,7 +21,7 @@ import shared.cli.sweep.driver
 from shared.cli import main
 from shared.cli.reproduce import Needs, WithNeededRuns, load_entry, reproduce
 from shared.config import load_config
-from shared.distill import distillation_loss, load_teacher
+from shared.distill import DistillConfig, check_teacher, distillation_loss, load_teacher
 from shared.errors import ConfigError
 from shared.tracking import read_metrics, read_summary
 
@@ -135,7 +135,27 @@ def test_a_teacher_that_reads_other_data_is_refused_before_anything_is_written(t
     assert f"train.distill.teacher='{tmp_path}': not a run folder (it has no config.yaml)" in capsys.readouterr().err
     assert main(["train", DISTILL, *TINY, "train.distill.alpha=1.5", f"runs_dir={runs}"]) == 2
     assert "train.distill.alpha=1.5: must be in [0, 1]" in capsys.readouterr().err
+    assert (
+        main(["train", DISTILL, *TINY, f"train.distill.teacher={teacher_run}", "data.val_size=100", f"runs_dir={runs}"])
+        == 2
+    )
+    assert "the teacher trained on 100 of this run's data.val_size=100 validation images (it held out 0)" in (
+        capsys.readouterr().err
+    )
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("theirs, ours, refused", [(200, 200, False), (300, 200, False), (200, 201, True)])
+def test_the_teacher_must_have_held_out_the_students_validation_images(tmp_path, theirs, ours, refused):
+    # hold_out takes the first images of one fixed shuffle: a teacher that held out more held out the student's
+    data = {"name": "digits", "pad": 10, "val_size": theirs}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"algo": "classify", "data": data}))
+    cfg = DistillConfig(teacher=str(tmp_path))
+    if refused:
+        with pytest.raises(ConfigError, match=r"trained on 1 of this run's data.val_size=201 validation images"):
+            check_teacher(cfg, "digits", 10, ours)
+    else:
+        check_teacher(cfg, "digits", 10, ours)
 
 
 def test_an_mlp_on_images_it_cannot_read_is_refused_naming_data_pad():

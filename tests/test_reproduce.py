@@ -3,11 +3,14 @@ end through the CLI, with measured (from the runs' own summaries) beside publish
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
+import sys
 
 import pytest
 import torch
+import yaml
 from conftest import SHARED_DATA, run_cli
 
 import shared.cli
@@ -24,6 +27,7 @@ from shared.cli.reproduce import (
     results_table,
     sweep_spec,
     update_readme,
+    write_curve,
 )
 from shared.cli.sweep import check_trials, expand
 from shared.config import ALGORITHMS, REPO, Metric, load_config
@@ -111,7 +115,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     folder = tmp_path / "runs" / f"reproduce-{name}-smoke"
     measured = json.loads((folder / "reproduce.json").read_text())
 
-    runs = sorted(p for p in folder.iterdir() if p.is_dir())
+    runs = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "curve")
     seeds = entry.budgets["smoke"].seeds
     assert len(runs) == seeds and all((r / "config.yaml").exists() and (r / "meta.json").exists() for r in runs)
     by_seed = {json.loads((r / "meta.json").read_text())["seed"]: r for r in runs}
@@ -135,6 +139,13 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     assert len(row) == 1 and f"{expected[0]:.2f}" in row[0] and entry.published["source"] in row[0]
     assert f" | {format_verdict(entry, measured)} | " in row[0]
     assert (folder / "reproduce.md").read_text().strip() == result.stdout.strip()
+    with open(folder / "curve" / "report.csv") as f:  # the learning curve of the same metric, over the same seeds
+        (curve,) = csv.DictReader(f)
+    assert (curve["metric"], int(curve["seeds"])) == (entry.metric.name, seeds)
+    assert float(curve["final_mean"]) == pytest.approx(measured["mean"])  # the last logged value is the summary's
+    report = (folder / "curve" / "report.md").read_text()
+    assert f"Runs from: runs/reproduce-{name}-smoke ({seeds} run folders)" in report and "Gallery" not in report
+    assert (folder / "curve" / f"curves-{curve['algo']}-{entry.metric.name.replace('/', '-')}.png").stat().st_size
     readme = results_table(tmp_path / "runs", budgets=("smoke",))
     assert f"`pixlab reproduce {name} --budget smoke`" in readme and f"; {format_machine(measured)} |" in readme
     assert name not in results_table(tmp_path / "runs")  # the README's table leaves smoke runs out
@@ -149,6 +160,24 @@ def test_reproduce_smoke_end_to_end(tmp_path, name):
     with pytest.raises(ConfigError, match="no results table to replace"):
         update_readme(tmp_path / "NOTES.md", tmp_path / "runs")
     assert (tmp_path / "NOTES.md").read_text() == "no markers\n"
+
+
+def test_an_entry_whose_metric_comes_once_has_the_curve_its_trainer_logs_along_the_run(tmp_path, monkeypatch):
+    # vae-bmnist's IWAE bound is computed once, at the end: its curve is the test ELBO the VAE logs every epoch
+    sweep = tmp_path / "runs" / "reproduce-vae-bmnist-cpu"
+    for seed in (0, 1):
+        run = sweep / f"t00{seed}"
+        run.mkdir(parents=True)
+        config = {"algo": "vae", "name": "vae-bmnist", "seed": seed, "tracking": {"group": sweep.name}}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        records = [{"step": step, "test/elbo_nats": 100 - step / 100 - seed} for step in (100, 200)]
+        records.append({"summary": {"test/nll_nats": 90.0 - seed}})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.chdir(tmp_path)
+    write_curve(load_entry("vae-bmnist"), sweep.resolve(), sys.stderr)
+    with open(sweep / "curve" / "report.csv") as f:
+        rows = [(r["metric"], int(r["seeds"]), float(r["final_mean"])) for r in csv.DictReader(f)]
+    assert rows == [("test/elbo_nats", 2, pytest.approx(97.5))]  # the means of 98 and 97, each seed's last epoch
 
 
 # ----------------------------------------------------------------------------------------- the verdict

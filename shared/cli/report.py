@@ -380,9 +380,11 @@ def write_report(
     group_by: Optional[str] = None,
     higher_better: Optional[bool] = None,
     with_stats: bool = False,
+    curves_only: bool = False,
 ) -> tuple[Path, str]:
     """Read the runs, check the request, then write the PNGs, report.md and report.csv to `out`; `with_stats`:
-    the statistics of --stats too.
+    the statistics of --stats too; `curves_only`: the curves and the table alone (no sweep plot, no search plot,
+    no gallery).
 
     Returns (the folder written, the markdown). Nothing is written when the input is bad.
     """
@@ -402,6 +404,8 @@ def write_report(
     rows = []
     with np.errstate(invalid="ignore", over="ignore"):  # means and stds of a diverged run's inf and NaN
         for section in sections:
+            if curves_only:
+                section.swept = {}  # neither its plot nor its line in the table
             images = [plot_curves(section, out / f"curves-{section.slug}.png")]
             if section.swept:
                 images.append(plot_sweep(section, out / f"sweep-{section.slug}.png"))
@@ -415,10 +419,11 @@ def write_report(
                 for row, group, estimate in zip(section_rows, section.groups, estimates):
                     row |= stats_columns(group, estimate)
             rows += section_rows
-    for folder in paths:  # a sweep with an Optuna study (shared/cli/sweep/search.py): its objective per trial
+    for folder in [] if curves_only else paths:  # a sweep with an Optuna study (shared/cli/sweep/search.py)
         if image := write_objective_plot(Path(folder), out / f"objective-{Path(folder).resolve().name}.png"):
             parts.append(f"## The search\n\n![objective per trial]({image.name})\n")
-    parts.append(markdown_gallery(sections, out))
+    if not curves_only:
+        parts.append(markdown_gallery(sections, out))
     markdown = "\n".join(part for part in parts if part)
     (out / "report.md").write_text(markdown)
     with open(out / "report.csv", "w", newline="") as f:

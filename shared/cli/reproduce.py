@@ -1,7 +1,8 @@
 """`pixlab reproduce NAME`: a published result, the sweep that measures it, and measured beside published.
 
     pixlab reproduce lenet5-mnist --budget cpu    # runs/reproduce-lenet5-mnist-cpu/: the seeds' runs, then
-                                                  # reproduce.json and reproduce.md (the table it prints)
+                                                  # reproduce.json, reproduce.md (the table it prints)
+                                                  # and curve/ (the learning curve: pixlab report)
     pixlab reproduce                              # the entries: published figures and budgets
     pixlab reproduce --table                      # the README's results table, from every reproduce.json
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -63,7 +65,7 @@ from shared.atomic import atomic_write_text
 from shared.cli.sweep import TrialFunction, parse_spec, resolve_config_path, run_sweep
 from shared.cli.sweep.state import read_state
 from shared.config import REPO, Algorithm, Metric, check_keys, did_you_mean, load_config
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PixlabError
 from shared.provenance import git_state
 from shared.tracking import read_summary
 
@@ -266,8 +268,26 @@ def reproduce(
     atomic_write_text(result.dir / "reproduce.json", json.dumps(measured, indent=2))
     table = format_table([measured])
     atomic_write_text(result.dir / "reproduce.md", table + "\n")
+    write_curve(entry, result.dir, out)
     print(table)
     return result.status
+
+
+def write_curve(entry: Entry, sweep_dir: Path, out) -> None:
+    """<sweep>/curve/: `pixlab report` of the entry's runs (shared/cli/report.py), kept in the repository beside
+    reproduce.json: the learning curve of the entry's metric, the mean over seeds with its interval and the
+    published figure as a dashed line, and its report.md and report.csv. The seeds are one group even where
+    `needs` gives each its own input run. Where the trainer computes the metric once, at the end (the VAE's IWAE
+    bound), the curve is the algorithm's first metric logged along the run (the VAE's test ELBO). No gallery: the
+    runs' media stay local. Before any run has logged a step, a note instead."""
+    from shared.cli.report import write_report
+
+    metric = None if entry.metric.once else entry.metric.name
+    runs = Path(os.path.relpath(sweep_dir))  # report.md names the runs as a reader of the repository finds them
+    try:
+        write_report([runs], runs / "curve", metric=metric, group_by="tracking.group", curves_only=True)
+    except PixlabError as e:
+        print(f"pixlab: reproduce {entry.name}: no learning curve yet: {e}", file=out)
 
 
 def machine(spec, threads: int, backend: str) -> dict:
