@@ -54,7 +54,7 @@ def check_values(cfg: DistillConfig) -> None:
     require(0 <= cfg.alpha <= 1, f"{PREFIX}.alpha", "must be in [0, 1]", cfg.alpha)
 
 
-def check_teacher(cfg: DistillConfig, data_name: str, pad: int, val_size: int = 0) -> None:
+def check_teacher(cfg: DistillConfig, data_name: str, pad: int, val_size: int) -> None:
     """The teacher must be a classify run folder trained on the student's data (`data.name`, `data.pad`): it
     reads the student's input tensor. When the student holds out `val_size` validation images, the teacher
     must not have trained on them: it must have held out at least as many (`hold_out` takes the first images

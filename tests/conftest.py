@@ -1,13 +1,16 @@
-"""Shared fixtures: W&B offline and quiet, the real MNIST folder when it exists, and a CLI runner."""
+"""Shared fixtures: W&B offline and quiet, the real MNIST folder when it exists, a CLI runner, and synthetic run
+folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Under pytest-xdist (`-n 2`, the README's command) each worker, and every process it starts, computes with one
 # thread: two workers with two threads each on a 2-core machine would spin against each other (OpenMP busy-waits).
@@ -56,3 +59,13 @@ def only_run_dir(runs: Path) -> Path:
     found = [p for p in runs.iterdir() if p.is_dir()]
     assert len(found) == 1, found
     return found[0]
+
+
+def write_run(folder: Path, config: dict, records: list[dict], summary: dict | None = None) -> Path:
+    """A run folder as a trainer leaves it, for the readers of runs: config.yaml and metrics.jsonl (the step
+    records, then the final summary record when given)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = [json.dumps(r) for r in records] + ([json.dumps({"summary": summary})] if summary else [])
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

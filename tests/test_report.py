@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CONFIGS
+from conftest import CONFIGS, write_run
 
 import shared.cli
 from shared import stats
@@ -36,14 +35,6 @@ import_algorithms()  # the registry that report reads (main() fills it too)
 STEPS = (100, 200, 300)
 LRS = (0.01, 0.1)
 SEEDS = (0, 1, 2)
-
-
-def write_run(folder: Path, config: dict, records: list[dict], summary: dict | None = None) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    lines = [json.dumps(r) for r in records] + ([json.dumps({"summary": summary})] if summary else [])
-    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def error_at(lr: float, seed: int, step: int) -> float:

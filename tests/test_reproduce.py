@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-import yaml
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, run_cli, write_run
 
 import shared.cli
 import shared.cli.reproduce
@@ -166,13 +165,9 @@ def test_an_entry_whose_metric_comes_once_has_the_curve_its_trainer_logs_along_t
     # vae-bmnist's IWAE bound is computed once, at the end: its curve is the test ELBO the VAE logs every epoch
     sweep = tmp_path / "runs" / "reproduce-vae-bmnist-cpu"
     for seed in (0, 1):
-        run = sweep / f"t00{seed}"
-        run.mkdir(parents=True)
         config = {"algo": "vae", "name": "vae-bmnist", "seed": seed, "tracking": {"group": sweep.name}}
-        (run / "config.yaml").write_text(yaml.safe_dump(config))
         records = [{"step": step, "test/elbo_nats": 100 - step / 100 - seed} for step in (100, 200)]
-        records.append({"summary": {"test/nll_nats": 90.0 - seed}})
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_run(sweep / f"t00{seed}", config, records, {"test/nll_nats": 90.0 - seed})
     monkeypatch.chdir(tmp_path)
     write_curve(load_entry("vae-bmnist"), sweep.resolve(), sys.stderr)
     with open(sweep / "curve" / "report.csv") as f:

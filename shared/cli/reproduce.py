@@ -102,6 +102,7 @@ class Entry:
     task: str
     config: str
     metric: Metric  # as the config's algorithm registered it
+    curve: Metric  # the learning curve's: `metric`, or where that comes once at the end, the first score that does not
     decimals: int
     published: dict
     budgets: dict[str, Budget]
@@ -142,6 +143,7 @@ def load_entry(name: str) -> Entry:
         )
     algorithm, cfg = load_config(resolve_config_path(raw["config"], str(path)))
     metric = _registered_metric(algorithm, raw["metric"]["name"], path)
+    curve = metric if not metric.once else next(m for m in algorithm.metrics if m.goal and not m.once)
     decimals = raw["metric"].get("decimals", 2)
     return Entry(
         name,
@@ -150,6 +152,7 @@ def load_entry(name: str) -> Entry:
         raw["task"],
         raw["config"],
         metric,
+        curve,
         decimals,
         raw["published"],
         budgets,
@@ -277,15 +280,14 @@ def write_curve(entry: Entry, sweep_dir: Path, out) -> None:
     """<sweep>/curve/: `pixlab report` of the entry's runs (shared/cli/report.py), kept in the repository beside
     reproduce.json: the learning curve of the entry's metric, the mean over seeds with its interval and the
     published figure as a dashed line, and its report.md and report.csv. The seeds are one group even where
-    `needs` gives each its own input run. Where the trainer computes the metric once, at the end (the VAE's IWAE
-    bound), the curve is the algorithm's first metric logged along the run (the VAE's test ELBO). No gallery: the
-    runs' media stay local. Before any run has logged a step, a note instead."""
+    `needs` gives each its own input run. The curve is `entry.curve`: where the trainer computes the metric once,
+    at the end (the VAE's IWAE bound), the algorithm's first score logged along the run (the VAE's test ELBO). No
+    gallery: the runs' media stay local. Before any run has logged a step, a note instead."""
     from shared.cli.report import write_report
 
-    metric = None if entry.metric.once else entry.metric.name
     runs = Path(os.path.relpath(sweep_dir))  # report.md names the runs as a reader of the repository finds them
     try:
-        write_report([runs], runs / "curve", metric=metric, group_by="tracking.group", curves_only=True)
+        write_report([runs], runs / "curve", metric=entry.curve.name, group_by="tracking.group", curves_only=True)
     except PixlabError as e:
         print(f"pixlab: reproduce {entry.name}: no learning curve yet: {e}", file=out)
 
