@@ -15,7 +15,7 @@ linear classifier reads the state. The hybrid loss of section 4:
 
 Evaluation averages the class log-probabilities of `eval_samples` sampled glimpse paths per image (a
 fixed seed, so the figure is repeatable). With `task.val_size`, that many training images are held out
-(the same ones for every seed): each epoch is scored on them, the plateau schedule reads their NLL, and
+(the same ones for every seed): each epoch is scored on them, the plateau schedule reads their error (as kevinzakka's port does), and
 `train.select: best` reports the test error of the weights with the lowest validation error (stopping after
 `train.patience` epochs without a new best); the test set is never used to choose anything. Each epoch's
 training images are drawn afresh for the translated and cluttered tasks; the location noise of step s comes
@@ -114,7 +114,7 @@ class RAMConfig(RunConfig):
         require(
             self.schedule.name != "plateau" or t.val_size > 0,
             "schedule.name",
-            "'plateau' needs task.val_size > 0: it reads validation NLL, never the test set",
+            "'plateau' needs task.val_size > 0: it reads validation error, never the test set",
             self.schedule.name,
         )
         require(
@@ -310,7 +310,7 @@ def end_of_epoch(
     if val is not None:
         validated = evaluate_split(model, val, cfg)
         metrics |= {f"val/{k}": v for k, v in validated.items()}
-        schedule.observe(validated["nll"])
+        schedule.observe(validated["error"])
         if best is not None:
             best.observe(validated["error"], clock.step, model)
             if best.exhausted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +128,21 @@ def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_ea
     evaluated = run_cli("eval", str(run), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test/error"] == summary["test/error"]  # eval scores the selected weights
+
+
+def test_the_plateau_schedule_reads_the_validation_error_not_its_nll(monkeypatch):
+    import rl.ram as ram
+
+    scores = {"error": 0.25, "errors": 16, "nll": 0.7}
+    monkeypatch.setattr(ram, "evaluate_split", lambda model, split, cfg: scores)
+    observed, logged = [], []
+    schedule = SimpleNamespace(observe=observed.append)
+    run = SimpleNamespace(log=lambda metrics, step: logged.append((metrics, step)))
+    clock = SimpleNamespace(finished=False, step=6, steps_per_epoch=3)
+    cfg = SimpleNamespace(train=SimpleNamespace(test_every=5))  # epoch 2: no test due
+    metrics = ram.end_of_epoch(None, "val", "test", cfg, run, clock, schedule, None)
+    assert observed == [0.25]
+    assert metrics == {"val/error": 0.25, "val/errors": 16, "val/nll": 0.7} and logged == [(metrics, 6)]
 
 
 def test_selection_and_plateau_need_a_validation_split(tmp_path):
