@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.models import count_parameters
-from shared.models.conv_vae import ConvDecoder, ConvEncoder
+from shared.models.conv_vae import ConvDecoder, ConvEncoder, subpixel_transposed_conv
 from shared.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init_
 from shared.models.impala import ImpalaEncoder, ResidualBlock
 from shared.models.nature_cnn import NatureEncoder, NatureQNetwork, to_float_pixels
@@ -302,6 +302,21 @@ def test_conv_vae_does_not_mix_samples_and_checks_the_size():
     assert torch.allclose(decoder(mu[:1]), decoder(mu)[:1], atol=1e-6)
     with pytest.raises(ValueError, match="divisible by 4, got 30"):
         ConvEncoder(image_size=30)
+
+
+@pytest.mark.parametrize("cin, cout, side", [(32, 1, 14), (6, 3, 5)])
+def test_subpixel_transposed_conv_is_the_transposed_conv_values_and_gradients(cin, cout, side):
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    x = torch.randn(2, cin, side, side, requires_grad=True)
+    expected, got = layer(x), subpixel_transposed_conv(layer, x)
+    assert got.shape == expected.shape == (2, cout, 2 * side, 2 * side)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(expected.square().sum(), (x, layer.weight, layer.bias))
+    for g, e in zip(torch.autograd.grad(got.square().sum(), (x, layer.weight, layer.bias)), grads):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="kernel 4, stride 2, padding 1"):
+        subpixel_transposed_conv(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1), x)
 
 
 def test_conv_vae_backward_reaches_every_parameter():

@@ -8,7 +8,8 @@
     ConvDecoder, z (B, latent_dim)
       -> linear 2w * 7 * 7 -> ReLU -> (2w, 7, 7)
       -> conv-transpose 4x4 stride 2 padding 1, w maps (14x14) -> ReLU
-      -> conv-transpose 4x4 stride 2 padding 1, C maps (28x28): logits
+      -> conv-transpose 4x4 stride 2 padding 1, C maps (28x28): logits (computed as a sub-pixel convolution,
+         `subpixel_transposed_conv`: the same function of the same weights, faster on a CPU)
 
 For 32x32 images the maps are 16x16 and 8x8 instead; any image_size divisible by 4 works the same way.
 
@@ -69,4 +70,32 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.fc(z)).view(-1, 2 * self.width, self.side, self.side)
-        return self.deconv2(F.relu(self.deconv1(h)))
+        return subpixel_transposed_conv(self.deconv2, F.relu(self.deconv1(h)))
+
+
+# A transposed convolution of kernel 4, stride 2, padding 1 computes output row 2p + a from input rows p - 1, p and
+# p + 1 through these kernel rows (None: that input row does not reach it); columns alike.
+PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+
+
+def subpixel_transposed_conv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for a ConvTranspose2d of kernel 4, stride 2, padding 1, computed as one 3x3 convolution to 4x the
+    channels (one group per output phase: row parity a, column parity b, with the kernel taps of PHASE_TAPS and
+    zeros elsewhere) followed by pixel_shuffle(2). The same function of the same parameters, gradients included.
+    Why: to the decoder's last layer (32 maps to 1 or 3) oneDNN's transposed convolution ran 2.5x slower on a
+    CPU (AVX2 EPYC, one thread, 8,192 latents as the IWAE bound decodes them: 0.65 s against 0.26 s), and the
+    IWAE bound at k = 5000 decodes 50 million latents."""
+    if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != ((4, 4), (2, 2), (1, 1), (0, 0)):
+        raise ValueError(f"needs a transposed convolution of kernel 4, stride 2, padding 1, got {layer}")
+    w = layer.weight  # (in, out, 4, 4)
+    zero = w.new_zeros(w.shape[:2])
+    phases = [
+        torch.stack(
+            [torch.stack([zero if r is None or c is None else w[:, :, r, c] for c in cols], -1) for r in rows], -2
+        )
+        for rows in PHASE_TAPS
+        for cols in PHASE_TAPS
+    ]  # 4 of (in, out, 3, 3), phase a * 2 + b
+    weight = torch.stack(phases).permute(2, 0, 1, 3, 4).flatten(0, 1)  # (out * 4, in, 3, 3): pixel_shuffle's order
+    bias = None if layer.bias is None else layer.bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(x, weight, bias, padding=1), 2)
