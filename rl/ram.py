@@ -63,7 +63,6 @@ class TaskConfig:
     test_limit: Optional[int] = None  # score only the first N test images (smoke runs; not comparable to papers)
     val_size: int = 0  # training images held out for validation (a fixed split): plateau, select=best, patience
     train_limit: Optional[int] = None  # train on the first N images left after val_size (smoke runs, tests)
-    standardize: bool = False  # feed (x - 0.1307) / 0.3081, MNIST's pixel mean and std, as kevinzakka's port does
 
 
 @dataclass
@@ -108,7 +107,6 @@ class RAMConfig(RunConfig):
         require(m.patch >= 1, "model.patch", "must be >= 1", m.patch)
         require(m.scales >= 1, "model.scales", "must be >= 1", m.scales)
         require(m.location_std > 0, "model.location_std", "must be > 0", m.location_std)
-        require(m.location_hidden >= 0, "model.location_hidden", "must be >= 0", m.location_hidden)
         require_positive(self, "train.epochs", "train.batch_size")
         require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
         require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
@@ -151,7 +149,7 @@ class RecurrentAttention(nn.Module):
             channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool
         )
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
-        self.locate = LocationPolicy(cfg.hidden, cfg.location_std, cfg.location_hidden)
+        self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.classifier = nn.Linear(cfg.hidden, classes)
         self.baseline = nn.Linear(cfg.hidden, 1)
 
@@ -193,16 +191,6 @@ def hybrid_loss(out: Glimpses, labels: torch.Tensor) -> tuple[torch.Tensor, dict
         "reward": reward.mean(),
     }
     return nll + reinforce + baseline_mse, parts
-
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the MNIST training pixels' mean and std, in [0, 1] units
-
-
-def model_input(images: torch.Tensor, cfg: RAMConfig) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> the model's input: pixels in [0, 1], or with `task.standardize` in MNIST's
-    standard units, where the sensor's zero padding off the image is brighter than the black background (-0.42)."""
-    x = images.float().div_(255)
-    return x.sub_(MNIST_MEAN).div_(MNIST_STD) if cfg.task.standardize else x
 
 
 def task_split(cfg: RAMConfig, split: Split, seed: int, epoch: int) -> Split:
@@ -263,7 +251,7 @@ def train(cfg: RAMConfig, run: Run) -> None:
         for images, labels in train_split.batches(cfg.train.batch_size, order, start=clock.batch):
             with accel.autocast():
                 out = net(
-                    accel.to_input(model_input(images, cfg)), stream(cfg.seed, "glimpse locations", clock.step, device)
+                    accel.to_input(images.float().div_(255)), stream(cfg.seed, "glimpse locations", clock.step, device)
                 )
             loss, parts = hybrid_loss(out, labels)
             accel.backward_step(loss, optimizer, model.parameters(), cfg.train.grad_clip)
@@ -342,7 +330,7 @@ def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> d
     generator = stream(cfg.seed, "glimpse locations", -1, split.images.device)  # the same paths at every evaluation
     errors, nll = 0, 0.0
     for images, labels in split.batches(max(1, cfg.train.eval_batch_size // m)):
-        x = model_input(images, cfg).repeat(m, 1, 1, 1)  # (m * B, C, H, W), path j of image i at j * B + i
+        x = images.float().div_(255).repeat(m, 1, 1, 1)  # (m * B, C, H, W), path j of image i at j * B + i
         log_p = F.log_softmax(model(x, generator).logits, 1).view(m, len(labels), -1)
         log_mean = torch.logsumexp(log_p, 0) - math.log(m)  # log of the mean probability over paths
         errors += (log_mean.argmax(1) != labels).sum().item()
@@ -361,7 +349,7 @@ def plot_glimpses(model: RecurrentAttention, split: Split, cfg: RAMConfig, run: 
         return
     model.eval()
     images, truths = split.images[:count].float().div(255), split.labels[:count].tolist()
-    out = model(model_input(split.images[:count], cfg), stream(cfg.seed, "glimpse locations", -2, images.device))
+    out = model(images, stream(cfg.seed, "glimpse locations", -2, images.device))
     h, w = images.shape[-2:]
     centres = torch.stack(
         [location_to_pixel(out.locations[..., 0], h), location_to_pixel(out.locations[..., 1], w)], -1

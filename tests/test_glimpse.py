@@ -10,7 +10,6 @@ import torch
 
 from shared.data.tensors import Split
 from shared.data.translated import place
-from shared.models import count_parameters
 from shared.models.glimpse import Core, GlimpseNetwork, GlimpseSensor, LocationPolicy, location_to_pixel
 
 
@@ -81,19 +80,6 @@ def test_location_policy_reads_the_state_detached():
     h = torch.randn(2, 4, requires_grad=True)
     policy.log_prob(policy(h), torch.zeros(2, 2)).sum().backward()
     assert h.grad is None and policy.mean.weight.grad is not None
-
-
-def test_location_policy_with_a_hidden_layer_its_size_and_detached_input():
-    policy = LocationPolicy(hidden=256, std=0.17, location_hidden=128)
-    assert count_parameters(policy) == (256 * 128 + 128) + (128 * 2 + 2)
-    assert count_parameters(LocationPolicy(hidden=256, std=0.17)) == 256 * 2 + 2
-    h = torch.randn(5, 256, requires_grad=True) * 100  # a large state saturates the tanh, never past it
-    mean = policy(h)
-    assert mean.shape == (5, 2) and mean.abs().max() <= 1
-    policy.log_prob(mean, torch.zeros(5, 2)).sum().backward()
-    assert all(p.grad is not None for p in policy.parameters())
-    with pytest.raises(ValueError, match="hidden units must be >= 0, got -1"):
-        LocationPolicy(hidden=4, std=0.1, location_hidden=-1)
 
 
 def test_core_rnn_and_lstm_shapes_and_reset():

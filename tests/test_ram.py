@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import CONFIGS, only_run_dir, run_cli
 from wandb_records import offline_run
 
-from rl.ram import Glimpses, RecurrentAttention, hybrid_loss, model_input
+from rl.ram import Glimpses, RecurrentAttention, hybrid_loss
 from shared.models.glimpse import GlimpseConfig
 from shared.tracking import read_metrics
 
@@ -90,11 +90,9 @@ def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
     assert json.loads(evaluated.stdout)["test/error"] == tests[0]["test/error"]  # the same fixed test paths
 
 
-@pytest.mark.parametrize("override", ["task.clutter=4", "model.location_hidden=-1"])
-def test_bad_config_exits_2_naming_the_key(tmp_path, override):
-    result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), override, cwd=tmp_path)
-    key = override.split("=")[0]
-    assert result.returncode == 2 and key in result.stderr and not (tmp_path / "runs").exists()
+def test_bad_task_exits_2_naming_the_key(tmp_path):
+    result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), "task.clutter=4", cwd=tmp_path)
+    assert result.returncode == 2 and "task.clutter" in result.stderr and not (tmp_path / "runs").exists()
 
 
 def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_early(tmp_path, mnist_root):
@@ -130,15 +128,6 @@ def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_ea
     evaluated = run_cli("eval", str(run), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test/error"] == summary["test/error"]  # eval scores the selected weights
-
-
-def test_model_input_is_pixels_in_0_1_or_in_mnists_standard_units():
-    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3)
-    plain = SimpleNamespace(task=SimpleNamespace(standardize=False))
-    standard = SimpleNamespace(task=SimpleNamespace(standardize=True))
-    assert model_input(images, plain).flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
-    expected = [(v - 0.1307) / 0.3081 for v in (0.0, 0.2, 1.0)]  # -0.4242, 0.2251, 2.8215
-    assert model_input(images, standard).flatten().tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_the_plateau_schedule_reads_the_validation_error_not_its_nll(monkeypatch):

@@ -13,8 +13,7 @@ patch of side p covers pixels c - p//2 .. c - p//2 + p - 1 (outside the image: z
     GlimpseNetwork  h_g = relu(W_g rho), h_l = relu(W_l l), g = relu(W_g' h_g + W_l' h_l)   (paper, sec. 4)
     Core            h_t = relu(W_h h_{t-1} + W_x g_t) (the paper's plain RNN for classification), or an LSTM
     LocationPolicy  l_t ~ N(tanh(W h_t), sigma^2 I), sigma fixed (a config number); the sample is the
-                    action, the sensor reads it clamped to [-1, 1]. `location_hidden: n` puts a ReLU layer
-                    of n units before the tanh, as kevinzakka's port does (n = 128); 0 is the paper's linear map
+                    action, the sensor reads it clamped to [-1, 1]
     GlimpseAgent    the model as a game-playing agent: one glimpse per agent step, an action and a next
                     location sampled from the state (trained by REINFORCE in rl/reinforce.py)
 
@@ -48,7 +47,6 @@ class GlimpseConfig:
     hidden: int = 256  # core units
     core: Literal["rnn", "lstm"] = "rnn"
     location_std: float = 0.05  # the location policy's fixed std, in units of the half image side
-    location_hidden: int = 0  # ReLU units between the state and the location's mean (0: the paper's linear map)
 
 
 def location_to_pixel(location: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,21 +156,16 @@ class Core(nn.Module):
 class LocationPolicy(nn.Module):
     """h (B, hidden) -> the mean (B, 2) in [-1, 1] of a Gaussian with fixed std over the next location."""
 
-    def __init__(self, hidden: int, std: float, location_hidden: int = 0) -> None:
+    def __init__(self, hidden: int, std: float) -> None:
         super().__init__()
         if std <= 0:
             raise ValueError(f"the location policy's std must be > 0, got {std}")
-        if location_hidden < 0:
-            raise ValueError(f"the location policy's hidden units must be >= 0, got {location_hidden}")
-        if location_hidden:
-            self.mean = nn.Sequential(nn.Linear(hidden, location_hidden), nn.ReLU(), nn.Linear(location_hidden, 2))
-        else:
-            self.mean = nn.Linear(hidden, 2)
+        self.mean = nn.Linear(hidden, 2)
         self.std = std
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # fp32 under autocast too: log pi divides (l - mean) by a std of 0.05-0.1, which would magnify bf16's
-        # rounding of the mean (3 significant digits) 10 to 20 times. Its output is 2 units wide: it costs little.
+        # rounding of the mean (3 significant digits) 10 to 20 times. The layer is 2 units wide: it costs nothing.
         with torch.autocast(h.device.type, enabled=False):
             return torch.tanh(self.mean(h.detach().float()))
 
@@ -203,7 +196,7 @@ class GlimpseAgent(nn.Module):
             channels, cfg.patch, cfg.scales, cfg.what, cfg.where, cfg.glimpse_features, cfg.pool
         )
         self.core = Core(cfg.glimpse_features, cfg.hidden, cfg.core)
-        self.locate = LocationPolicy(cfg.hidden, cfg.location_std, cfg.location_hidden)
+        self.locate = LocationPolicy(cfg.hidden, cfg.location_std)
         self.logits = nn.Linear(cfg.hidden, num_actions)
         self.value = nn.Linear(cfg.hidden, 1)  # the baseline, on the detached state as in the classifier
 
