@@ -74,8 +74,8 @@ class ConvDecoder(nn.Module):
 
 
 # A transposed convolution of kernel 4, stride 2, padding 1 computes output row 2p + a from input rows p - 1, p and
-# p + 1 through these kernel rows (None: that input row does not reach it); columns alike.
-PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+# p + 1 through these kernel rows (4: a zero row, that input row does not reach it); columns alike.
+PHASE_TAPS = torch.tensor([[3, 1, 4], [4, 2, 0]])
 
 
 def subpixel_transposed_conv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
@@ -87,15 +87,9 @@ def subpixel_transposed_conv(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torc
     IWAE bound at k = 5000 decodes 50 million latents."""
     if (layer.kernel_size, layer.stride, layer.padding, layer.output_padding) != ((4, 4), (2, 2), (1, 1), (0, 0)):
         raise ValueError(f"needs a transposed convolution of kernel 4, stride 2, padding 1, got {layer}")
-    w = layer.weight  # (in, out, 4, 4)
-    zero = w.new_zeros(w.shape[:2])
-    phases = [
-        torch.stack(
-            [torch.stack([zero if r is None or c is None else w[:, :, r, c] for c in cols], -1) for r in rows], -2
-        )
-        for rows in PHASE_TAPS
-        for cols in PHASE_TAPS
-    ]  # 4 of (in, out, 3, 3), phase a * 2 + b
-    weight = torch.stack(phases).permute(2, 0, 1, 3, 4).flatten(0, 1)  # (out * 4, in, 3, 3): pixel_shuffle's order
+    padded = F.pad(layer.weight, (0, 1, 0, 1))  # (in, out, 5, 5): row and column 4 are zeros
+    taps = PHASE_TAPS.to(padded.device)
+    phased = padded[:, :, taps[:, None, :, None], taps[None, :, None, :]]  # (in, out, a, b, 3, 3)
+    weight = phased.permute(1, 2, 3, 0, 4, 5).flatten(0, 2)  # (out * 4, in, 3, 3): pixel_shuffle's channel order
     bias = None if layer.bias is None else layer.bias.repeat_interleave(4)
     return F.pixel_shuffle(F.conv2d(x, weight, bias, padding=1), 2)
