@@ -13,8 +13,10 @@ linear classifier reads the state. The hybrid loss of section 4:
          + mean over images of sum_t -(R - b_t) log pi(l_t | h_t)     REINFORCE, R = 1 if the class is right
          + mean over images of sum_t (b_t - R)^2                      the baseline b_t, a linear map of h_t
 
-Evaluation averages the class log-probabilities of `eval_samples` sampled glimpse paths per image (a
-fixed seed, so the figure is repeatable). With `task.val_size`, that many training images are held out
+Evaluation combines the class distributions of `eval_samples` sampled glimpse paths per image (a fixed
+seed, so the figure is repeatable): `eval_average: prob` takes their mean, the Monte Carlo estimate of the
+marginal; `log_prob` the mean of their log-probabilities, renormalized (a geometric mean, kevinzakka's
+choice), under which any path that rules a class out vetoes it. With `task.val_size`, that many training images are held out
 (the same ones for every seed): each epoch is scored on them, the plateau schedule reads their error (as
 kevinzakka's port does), and `train.select: best` reports the test error of the weights with the lowest
 validation error (stopping after `train.patience` epochs without a new best); the test set is never used to
@@ -70,7 +72,8 @@ class RAMTrainConfig:
     epochs: int = 30
     batch_size: int = 64
     eval_batch_size: int = 1000
-    eval_samples: int = 10  # glimpse paths per test image whose log-probabilities are averaged
+    eval_samples: int = 10  # glimpse paths per evaluated image whose class distributions are combined
+    eval_average: Literal["prob", "log_prob"] = "prob"  # combine them by their mean, or their log's mean (docstring)
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
     grad_clip: Optional[float] = None
     paths_to_plot: int = 8  # test images whose glimpse paths are drawn to media/ each epoch, and animated at the end
@@ -322,9 +325,17 @@ def end_of_epoch(
     return metrics
 
 
+def combine_paths(log_p: torch.Tensor, average: str) -> torch.Tensor:
+    """log_p (paths, B, classes), each path's log-probabilities -> (B, classes) log-probabilities of their
+    combination: log of the mean probability ("prob"), or the log-softmax of the mean log-probability ("log_prob")."""
+    if average == "prob":
+        return torch.logsumexp(log_p, 0) - math.log(log_p.shape[0])
+    return F.log_softmax(log_p.mean(0), 1)
+
+
 @torch.no_grad()
 def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> dict:
-    """Error and NLL of the class distribution averaged over `eval_samples` glimpse paths per image."""
+    """Error and NLL of the class distribution combined from `eval_samples` glimpse paths per image."""
     model.eval()
     m = cfg.train.eval_samples
     generator = stream(cfg.seed, "glimpse locations", -1, split.images.device)  # the same paths at every evaluation
@@ -332,9 +343,9 @@ def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> d
     for images, labels in split.batches(max(1, cfg.train.eval_batch_size // m)):
         x = images.float().div_(255).repeat(m, 1, 1, 1)  # (m * B, C, H, W), path j of image i at j * B + i
         log_p = F.log_softmax(model(x, generator).logits, 1).view(m, len(labels), -1)
-        log_mean = torch.logsumexp(log_p, 0) - math.log(m)  # log of the mean probability over paths
-        errors += (log_mean.argmax(1) != labels).sum().item()
-        nll += F.nll_loss(log_mean, labels, reduction="sum").item()
+        combined = combine_paths(log_p, cfg.train.eval_average)
+        errors += (combined.argmax(1) != labels).sum().item()
+        nll += F.nll_loss(combined, labels, reduction="sum").item()
     return {"error": errors / len(split), "errors": errors, "nll": nll / len(split)}
 
 

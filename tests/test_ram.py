@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from conftest import CONFIGS, only_run_dir, run_cli
 from wandb_records import offline_run
 
-from rl.ram import Glimpses, RecurrentAttention, hybrid_loss
+from rl.ram import Glimpses, RAMConfig, RecurrentAttention, combine_paths, evaluate_split, hybrid_loss
+from shared.data import Split
 from shared.models.glimpse import GlimpseConfig
 from shared.tracking import read_metrics
 
@@ -40,6 +41,40 @@ def test_hybrid_loss_matches_hand_computation():
     assert parts["reinforce"].item() == pytest.approx(reinforce)
     assert parts["baseline_mse"].item() == pytest.approx(mse)
     assert loss.item() == pytest.approx(nll + reinforce + mse)
+
+
+def test_combining_paths_by_mean_probability_or_mean_log_probability():
+    # One image, three paths: two lean to class 0, the third all but rules class 0 out.
+    p = torch.tensor([[0.98, 0.02], [0.98, 0.02], [1e-6, 1 - 1e-6]], dtype=torch.float64)
+    log_p = p.log()[:, None, :]  # (paths, B=1, classes)
+    by_prob = combine_paths(log_p, "prob")[0].exp()
+    assert by_prob.tolist() == pytest.approx([(0.98 + 0.98 + 1e-6) / 3, (0.02 + 0.02 + 1 - 1e-6) / 3])
+    g0, g1 = (0.98 * 0.98 * 1e-6) ** (1 / 3), (0.02 * 0.02 * (1 - 1e-6)) ** (1 / 3)  # geometric means
+    by_log_prob = combine_paths(log_p, "log_prob")[0].exp()
+    assert by_log_prob.tolist() == pytest.approx([g0 / (g0 + g1), g1 / (g0 + g1)])
+    assert by_prob.argmax().item() == 0 and by_log_prob.argmax().item() == 1  # the third path's veto
+
+
+class FixedPaths(torch.nn.Module):
+    """A stand-in model whose path j (row j of the repeated batch of one image) gives class probabilities P[j]."""
+
+    P = torch.tensor([[0.98, 0.02], [0.98, 0.02], [1e-6, 1 - 1e-6]])
+
+    def forward(self, x, generator=None):
+        return SimpleNamespace(logits=self.P[: x.shape[0]].log())
+
+
+@pytest.mark.parametrize("average, errors", [("prob", 0), ("log_prob", 1)])
+def test_evaluation_combines_its_paths_as_configured(average, errors):
+    cfg = RAMConfig()
+    cfg.train.eval_samples, cfg.train.eval_average = 3, average
+    split = Split(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.tensor([0]))
+    assert evaluate_split(FixedPaths(), split, cfg)["errors"] == errors
+
+
+def test_bad_eval_average_exits_2_naming_the_key(tmp_path):
+    result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), "train.eval_average=mean", cwd=tmp_path)
+    assert result.returncode == 2 and "train.eval_average" in result.stderr and not (tmp_path / "runs").exists()
 
 
 def test_model_takes_the_configured_glimpses_and_gradients_reach_every_part():
