@@ -43,10 +43,12 @@ def test_hybrid_loss_matches_hand_computation():
     assert loss.item() == pytest.approx(nll + reinforce + mse)
 
 
+# One image's class probabilities along three glimpse paths: two lean to class 0, the third all but rules it out.
+VETO = [[0.98, 0.02], [0.98, 0.02], [1e-6, 1 - 1e-6]]
+
+
 def test_combining_paths_by_mean_probability_or_mean_log_probability():
-    # One image, three paths: two lean to class 0, the third all but rules class 0 out.
-    p = torch.tensor([[0.98, 0.02], [0.98, 0.02], [1e-6, 1 - 1e-6]], dtype=torch.float64)
-    log_p = p.log()[:, None, :]  # (paths, B=1, classes)
+    log_p = torch.tensor(VETO, dtype=torch.float64).log()[:, None, :]  # (paths, B=1, classes)
     by_prob = combine_paths(log_p, "prob")[0].exp()
     assert by_prob.tolist() == pytest.approx([(0.98 + 0.98 + 1e-6) / 3, (0.02 + 0.02 + 1 - 1e-6) / 3])
     g0, g1 = (0.98 * 0.98 * 1e-6) ** (1 / 3), (0.02 * 0.02 * (1 - 1e-6)) ** (1 / 3)  # geometric means
@@ -56,12 +58,10 @@ def test_combining_paths_by_mean_probability_or_mean_log_probability():
 
 
 class FixedPaths(torch.nn.Module):
-    """A stand-in model whose path j (row j of the repeated batch of one image) gives class probabilities P[j]."""
-
-    P = torch.tensor([[0.98, 0.02], [0.98, 0.02], [1e-6, 1 - 1e-6]])
+    """A stand-in model whose path j (row j of the repeated batch of one image) gives class probabilities VETO[j]."""
 
     def forward(self, x, generator=None):
-        return SimpleNamespace(logits=self.P[: x.shape[0]].log())
+        return SimpleNamespace(logits=torch.tensor(VETO)[: x.shape[0]].log())
 
 
 @pytest.mark.parametrize("average, errors", [("prob", 0), ("log_prob", 1)])
