@@ -16,7 +16,8 @@ linear classifier reads the state. The hybrid loss of section 4:
 Evaluation combines the class distributions of `eval_samples` sampled glimpse paths per image (a fixed
 seed, so the figure is repeatable): `eval_average: prob` takes their mean, the Monte Carlo estimate of the
 marginal; `log_prob` the mean of their log-probabilities, renormalized (a geometric mean, kevinzakka's
-choice), under which any path that rules a class out vetoes it.
+choice), under which any path that rules a class out vetoes it. `val_samples` can score the validation
+set, every epoch, with fewer paths than the test.
 
 With `task.val_size`, that many training images are held out (the same ones for every seed): each epoch
 is scored on them, the plateau schedule reads their error (as kevinzakka's port does), and
@@ -74,6 +75,7 @@ class RAMTrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 1000
     eval_samples: int = 10  # glimpse paths per evaluated image whose class distributions are combined
+    val_samples: Optional[int] = None  # paths per validation image, scored every epoch (None: eval_samples)
     eval_average: Literal["prob", "log_prob"] = "prob"  # combine them by their mean, or their log's mean (docstring)
     max_steps: Optional[int] = None  # stop earlier than `epochs` (smoke tests, budgets)
     grad_clip: Optional[float] = None
@@ -113,6 +115,7 @@ class RAMConfig(RunConfig):
         require(m.location_std > 0, "model.location_std", "must be > 0", m.location_std)
         require_positive(self, "train.epochs", "train.batch_size")
         require(self.train.eval_samples >= 1, "train.eval_samples", "must be >= 1", self.train.eval_samples)
+        require((self.train.val_samples or 1) >= 1, "train.val_samples", "must be >= 1 or null", self.train.val_samples)
         require((self.train.max_steps or 1) > 0, "train.max_steps", "must be > 0 or null", self.train.max_steps)
         require(self.train.test_every >= 1, "train.test_every", "must be >= 1", self.train.test_every)
         require(t.val_size >= 0, "task.val_size", "must be >= 0", t.val_size)
@@ -313,7 +316,7 @@ def end_of_epoch(
     the test set; log and return the metrics."""
     metrics = {}
     if val is not None:
-        validated = evaluate_split(model, val, cfg)
+        validated = evaluate_split(model, val, cfg, cfg.train.val_samples)
         metrics |= {f"val/{k}": v for k, v in validated.items()}
         schedule.observe(validated["error"])
         if best is not None:
@@ -335,10 +338,11 @@ def combine_paths(log_p: torch.Tensor, average: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig) -> dict:
-    """Error and NLL of the class distribution combined from `eval_samples` glimpse paths per image."""
+def evaluate_split(model: RecurrentAttention, split: Split, cfg: RAMConfig, samples: Optional[int] = None) -> dict:
+    """Error and NLL of the class distribution combined from `samples` (default `eval_samples`) glimpse paths
+    per image."""
     model.eval()
-    m = cfg.train.eval_samples
+    m = samples or cfg.train.eval_samples
     generator = stream(cfg.seed, "glimpse locations", -1, split.images.device)  # the same paths at every evaluation
     errors, nll = 0, 0.0
     for images, labels in split.batches(max(1, cfg.train.eval_batch_size // m)):

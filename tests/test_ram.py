@@ -72,6 +72,13 @@ def test_evaluation_combines_its_paths_as_configured(average, errors):
     assert evaluate_split(FixedPaths(), split, cfg)["errors"] == errors
 
 
+def test_evaluation_takes_the_paths_it_is_given_before_eval_samples():
+    cfg = RAMConfig()
+    cfg.train.eval_samples, cfg.train.eval_average = 3, "log_prob"
+    split = Split(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.tensor([0]))
+    assert evaluate_split(FixedPaths(), split, cfg, samples=2)["errors"] == 0  # the first two paths: no veto
+
+
 def test_bad_eval_average_exits_2_naming_the_key(tmp_path):
     result = run_cli("train", str(CONFIGS / "ram" / "mnist.yaml"), "train.eval_average=mean", cwd=tmp_path)
     assert result.returncode == 2 and "train.eval_average" in result.stderr and not (tmp_path / "runs").exists()
@@ -168,15 +175,15 @@ def test_selection_on_the_validation_split_reports_the_best_weights_and_stops_ea
 def test_the_plateau_schedule_reads_the_validation_error_not_its_nll(monkeypatch):
     import rl.ram as ram
 
-    scores = {"error": 0.25, "errors": 16, "nll": 0.7}
-    monkeypatch.setattr(ram, "evaluate_split", lambda model, split, cfg: scores)
+    scores, paths = {"error": 0.25, "errors": 16, "nll": 0.7}, []
+    monkeypatch.setattr(ram, "evaluate_split", lambda model, split, cfg, samples=None: paths.append(samples) or scores)
     observed, logged = [], []
     schedule = SimpleNamespace(observe=observed.append)
     run = SimpleNamespace(log=lambda metrics, step: logged.append((metrics, step)))
     clock = SimpleNamespace(finished=False, step=6, steps_per_epoch=3)
-    cfg = SimpleNamespace(train=SimpleNamespace(test_every=5))  # epoch 2: no test due
+    cfg = SimpleNamespace(train=SimpleNamespace(test_every=5, val_samples=7))  # epoch 2: no test due
     metrics = ram.end_of_epoch(None, "val", "test", cfg, run, clock, schedule, None)
-    assert observed == [0.25]
+    assert observed == [0.25] and paths == [7]  # validation with its own number of paths
     assert metrics == {"val/error": 0.25, "val/errors": 16, "val/nll": 0.7} and logged == [(metrics, 6)]
 
 
