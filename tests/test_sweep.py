@@ -349,6 +349,41 @@ def test_slurm_backend_through_submitits_local_executor(tmp_path, monkeypatch, c
     assert json.loads((result.dir / "sweep.json").read_text())["backend"] == "slurm"
 
 
+def _trial_that_waits_for_a_signal(config, overrides, run_dir):
+    """A stand-in trial: says it is ready (a file at `config`), then returns 128 + the first SIGINT or SIGTERM."""
+    got = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, frame: got.append(s))
+    Path(config).write_text("ready")
+    deadline = time.monotonic() + 60
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return 128 + got[0] if got else 0
+
+
+def test_slurm_pool_stop_signals_the_one_job_which_ends_in_its_own_time(tmp_path):
+    import cloudpickle
+
+    from shared.cli.sweep.backends import SlurmPool, TrialJob
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # submitit's job cannot import tests/: the trial goes by value
+    try:
+        pool = SlurmPool(_trial_that_waits_for_a_signal, tmp_path / "slurm", {"cluster": "local"}, "stopped")
+        ready = tmp_path / "ready"
+        pool.start("t000", TrialJob(str(ready), (), None, str(tmp_path / "t000.log"), 1))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), list((tmp_path / "slurm").glob("*.err"))
+    assert pool.wait(0.2) == []  # still waiting for its signal
+    pool.stop("t000")
+    ended = pool.wait(30)
+    assert ended == [("t000", {"status": 128 + signal.SIGINT, "error": None, "retry": True})]  # submitit's SIGINT
+
+
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_every_running_trial_and_marks_them_interrupted(tmp_path):
     spec = write_spec(tmp_path, name="stopped", parameters={"optim.lr": {"values": [0.001, 0.003]}})
