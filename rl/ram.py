@@ -22,11 +22,12 @@ set, every epoch, with fewer paths than the test.
 With `task.val_size`, that many training images are held out (the same ones for every seed): each epoch
 is scored on them, the plateau schedule reads their error (as kevinzakka's port does), and
 `train.select: best` reports the test error of the weights with the lowest validation error (stopping after
-`train.patience` epochs without a new best); the test set is never used to choose anything. Each epoch's training images are drawn afresh for the translated and cluttered tasks; the
-location noise of step s comes from a generator seeded by (seed, s): a run stopped mid-epoch resumes exactly.
-Training runs through the shared Accelerator (`accel:`); the loss, and the location policy
-(shared/models/glimpse.py says why), are computed in fp32 under any precision, and so is evaluation, whose test
-error is the figure compared with the paper's.
+`train.patience` epochs without a new best); the test set is never used to choose anything. Each epoch's
+training images are drawn afresh for the translated and cluttered tasks; the location noise of step s comes
+from a generator seeded by (seed, s): a run stopped mid-epoch resumes exactly. Training runs through the
+shared Accelerator (`accel:`); the loss, and the location policy (shared/models/glimpse.py says why), are
+computed in fp32 under any precision, and so is evaluation, whose test error is the figure compared with the
+paper's.
 """
 
 from __future__ import annotations
