@@ -64,19 +64,15 @@ class FixedPaths(torch.nn.Module):
         return SimpleNamespace(logits=torch.tensor(VETO)[: x.shape[0]].log())
 
 
-@pytest.mark.parametrize("average, errors", [("prob", 0), ("log_prob", 1)])
-def test_evaluation_combines_its_paths_as_configured(average, errors):
+@pytest.mark.parametrize(
+    "average, samples, errors",
+    [("prob", None, 0), ("log_prob", None, 1), ("log_prob", 2, 0)],  # samples=2: the first two paths, no veto
+)
+def test_evaluation_combines_the_paths_it_is_given_as_configured(average, samples, errors):
     cfg = RAMConfig()
-    cfg.train.eval_samples, cfg.train.eval_average = 3, average
+    cfg.train.eval_samples, cfg.train.eval_average = 3, average  # `samples`, when given, comes before eval_samples
     split = Split(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.tensor([0]))
-    assert evaluate_split(FixedPaths(), split, cfg)["errors"] == errors
-
-
-def test_evaluation_takes_the_paths_it_is_given_before_eval_samples():
-    cfg = RAMConfig()
-    cfg.train.eval_samples, cfg.train.eval_average = 3, "log_prob"
-    split = Split(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), torch.tensor([0]))
-    assert evaluate_split(FixedPaths(), split, cfg, samples=2)["errors"] == 0  # the first two paths: no veto
+    assert evaluate_split(FixedPaths(), split, cfg, samples)["errors"] == errors
 
 
 def test_bad_eval_average_exits_2_naming_the_key(tmp_path):
