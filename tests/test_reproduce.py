@@ -256,3 +256,19 @@ def test_every_smoke_budget_runs(tmp_path, monkeypatch, name):
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads((tmp_path / "runs" / f"reproduce-{name}-smoke" / "reproduce.json").read_text())
     assert measured["mean"] is not None and len(measured["values"]) == load_entry(name).budgets["smoke"].seeds
+
+
+def test_budgets_share_a_protocol_through_a_yaml_anchor_spliced_into_their_overrides(tmp_path, monkeypatch):
+    entry = (shared.cli.reproduce.ENTRIES / "lenet5-mnist.yaml").read_text()
+    budgets = entry[entry.index("budgets:") :]
+    shared_budgets = """budgets:
+  full: {seeds: 3, overrides: [&protocol [optim.lr=0.01, train.batch_size=32], train.epochs=9], about: full}
+  cpu: {seeds: 2, overrides: [*protocol, train.epochs=3], about: cpu}
+  smoke: {seeds: 1, overrides: [train.epochs=1], about: smoke}
+"""
+    monkeypatch.setattr(shared.cli.reproduce, "ENTRIES", tmp_path)
+    (tmp_path / "shared.yaml").write_text(entry.replace(budgets, shared_budgets))
+    loaded = load_entry("shared")
+    assert loaded.budgets["full"].overrides == ["optim.lr=0.01", "train.batch_size=32", "train.epochs=9"]
+    assert loaded.budgets["cpu"].overrides == ["optim.lr=0.01", "train.batch_size=32", "train.epochs=3"]
+    assert loaded.budgets["smoke"].overrides == ["train.epochs=1"]

@@ -21,7 +21,10 @@ An entry is a file configs/reproduce/<name>.yaml:
 The metric's goal, unit and scale are the ones the config's algorithm registered (shared/config.py,
 `register`): test/error is logged as a fraction and shown in %.
 
-A budget is overrides on the entry's config (or on its own `config:`). `full` is the paper's protocol
+A budget is overrides on the entry's config (or on its own `config:`); an item that is itself a list is
+spliced in, so budgets can share a YAML anchor and differ in a key or two:
+`full: {overrides: [&protocol [task.val_size=6000, ...], train.epochs=100]}`, `cpu: {overrides: [*protocol,
+train.epochs=60]}`. `full` is the paper's protocol
 as far as the config can state it, `cpu` what this project's 2-core machine does in well under the
 3 hours of a session, and `smoke` a run of seconds that needs no downloaded data where the trainer can
 read the built-in `digits` set (the RAM, VAE and DCGAN trainers read MNIST only, so their smoke budgets
@@ -138,9 +141,8 @@ def load_entry(name: str) -> Entry:
     budgets = {}
     for budget, body in raw["budgets"].items():
         _require_keys(body, BUDGET_KEYS, ("seeds", "overrides", "about"), str(path), f"budgets.{budget}.")
-        budgets[budget] = Budget(
-            int(body["seeds"]), list(body["overrides"] or []), str(body["about"]), body.get("config")
-        )
+        overrides = [o for item in body["overrides"] or [] for o in (item if isinstance(item, list) else [item])]
+        budgets[budget] = Budget(int(body["seeds"]), overrides, str(body["about"]), body.get("config"))
     algorithm, cfg = load_config(resolve_config_path(raw["config"], str(path)))
     metric = _registered_metric(algorithm, raw["metric"]["name"], path)
     curve = metric if not metric.once else next(m for m in algorithm.metrics if m.goal and not m.once)
