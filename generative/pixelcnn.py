@@ -25,7 +25,9 @@ groups <= g (PixelRNN paper, section 3.4, Fig. 4).
 
 Metrics: the test negative log-likelihood in nats per image (`test/nll_nats`, the binarized-MNIST unit) and
 in bits per sub-pixel (`test/bits_per_dim` = nats / (C*H*W ln 2), the 8-bit unit), after every epoch and at
-the end; `train/loss` is the training NLL in the dataset's headline unit (nats per image for binarized
+the end; with `data.val_size`, that many training images are held out (the same ones for every seed; binarized
+once, like the test set) and scored beside it (`val/nll_nats`, `val/bits_per_dim`), so that choices of a
+recipe can be made without the test set; `train/loss` is the training NLL in the dataset's headline unit (nats per image for binarized
 MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of samples drawn from the same
 uniforms every time (`sample.seed`) with the cached sampler of generative/sampling.py, a row per class when
 the model is class-conditional (`media/class_samples`, labelled), and completions of the first test images
@@ -51,7 +53,8 @@ from tqdm import tqdm
 from generative.sampling import Cursor, sample
 from shared.config import RunConfig, register, require, require_positive
 from shared.data import Split, class_names, epoch_order, load_dataset
-from shared.data.binarize import binarize, binarize_test
+from shared.data.binarize import binarize, binarize_test, binarize_validation
+from shared.data.tensors import hold_out
 from shared.figures import as_batch, completion_figure, image_grid_figure, render
 from shared.run import Run
 from shared.train.accel import AccelConfig, Accelerator
@@ -330,6 +333,7 @@ class PixelCNNDataConfig:
     name: Literal["binarized_mnist", "mnist", "cifar10", "digits"] = "binarized_mnist"
     root: Optional[str] = None  # folder holding <dataset>/; default $PIXLAB_DATA, then ~/.cache/pixlab/data
     download: bool = True  # fetch missing files from the dataset's mirrors
+    val_size: int = 0  # training images held out and scored beside the test set (val/nll_nats); 0: none
 
 
 @dataclass
@@ -414,10 +418,11 @@ class PixelCNNConfig(RunConfig):
             optional=("train.max_steps",),
         )
         require(self.sample.completions >= 0, "sample.completions", "must be >= 0", self.sample.completions)
+        require(self.data.val_size >= 0, "data.val_size", "must be >= 0", self.data.val_size)
         require(
             self.schedule.name != "plateau",
             "schedule.name",
-            "'plateau' reads a validation loss, which this trainer does not hold out",
+            "'plateau' is not wired to this trainer's validation loss; use cosine, step or constant",
             self.schedule.name,
         )
 
@@ -438,13 +443,15 @@ def build_model(cfg: PixelCNNModelConfig, channels: int, levels: int, num_classe
 # ------------------------------------------------------------------------------------------- training
 @dataclass
 class Images:
-    """The dataset as the trainer sees it: uint8 pixel levels on the device, test set already binarized if binary."""
+    """The dataset as the trainer sees it: uint8 pixel levels on the device; the test set (and the validation set
+    held out of the training images, if any) already binarized if binary."""
 
     train: Split
     test: Split
     levels: int
     num_classes: int
     binarized: bool
+    val: Optional[Split] = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -461,9 +468,11 @@ def load_images(cfg: PixelCNNConfig, device: torch.device, train: bool = True) -
     dataset, _, levels = DATA[cfg.data.name]
     data = load_dataset(dataset, cfg.data.root, cfg.data.download)
     test = Split(binarize_test(data.test.images), data.test.labels) if levels == 2 else data.test
-    return Images(
-        data.train.to(device) if train else data.train, test.to(device), levels, data.num_classes, levels == 2
-    )
+    kept, val = data.train, None
+    if cfg.data.val_size:
+        kept, val = hold_out(data.train, cfg.data.val_size, "data.val_size")
+        val = Split(binarize_validation(val.images), val.labels).to(device) if levels == 2 else val.to(device)
+    return Images(kept.to(device) if train else kept, test.to(device), levels, data.num_classes, levels == 2, val)
 
 
 def train(cfg: PixelCNNConfig, run: Run) -> None:
@@ -513,8 +522,9 @@ def train(cfg: PixelCNNConfig, run: Run) -> None:
                 progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
             if clock.epoch_ended:
                 scored = (clock.step, score(cfg, run, model, data, clock.step))
+                val = f", validation {scored[1][f'val/{headline}']:.4f}" if data.val is not None else ""
                 progress.write(
-                    f"epoch {clock.step // clock.steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}"
+                    f"epoch {clock.step // clock.steps_per_epoch}: test {headline} {scored[1][f'test/{headline}']:.4f}{val}"
                 )
                 model.train()
             clock.stopped = run.should_stop
@@ -537,8 +547,8 @@ def headline_metric(data: Images) -> str:
 
 
 def score(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Images, step: int) -> dict:
-    """Log the test NLL, a grid of samples and the completions at `step`; return the test metrics."""
-    metrics = evaluate_nll(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
+    """Log the test (and validation) NLL, a grid of samples and the completions at `step`; return the NLLs."""
+    metrics = evaluate_nlls(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
     run.log(metrics, step)
     grid = sample_grid(cfg, model, data)
     if cfg.model.conditional:
@@ -560,16 +570,25 @@ def score(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Images, step: i
     return metrics
 
 
+def evaluate_nlls(model: nn.Module, data: Images, batch_size: int, conditional: bool) -> dict:
+    """The test NLL and, with a validation set, the validation NLL: {test,val}/{nll_nats,bits_per_dim}."""
+    splits = {"test": data.test} | ({"val": data.val} if data.val is not None else {})
+    return {
+        f"{name}/{unit}": v
+        for name, split in splits.items()
+        for unit, v in mean_nll(model, split, batch_size, conditional).items()
+    }
+
+
 @torch.no_grad()
-def evaluate_nll(model: nn.Module, data: Images, batch_size: int, conditional: bool) -> dict:
-    """Mean test NLL in nats per image and in bits per sub-pixel."""
+def mean_nll(model: nn.Module, split: Split, batch_size: int, conditional: bool) -> dict:
+    """Mean NLL of a split's images in nats per image (nll_nats) and in bits per sub-pixel (bits_per_dim)."""
     model.eval()
     total = 0.0
-    for images, labels in data.test.batches(batch_size):
+    for images, labels in split.batches(batch_size):
         total += nll_nats(model(images, labels if conditional else None), images).sum().item()
-    nats = total / len(data.test)
-    dims = math.prod(data.shape)
-    return {"test/nll_nats": nats, "test/bits_per_dim": bits_per_dim(nats, dims)}
+    nats = total / len(split)
+    return {"nll_nats": nats, "bits_per_dim": bits_per_dim(nats, math.prod(split.images.shape[1:]))}
 
 
 def sample_grid(cfg: PixelCNNConfig, model: nn.Module, data: Images) -> torch.Tensor:
@@ -619,12 +638,12 @@ def log_completions(cfg: PixelCNNConfig, run: Run, model: nn.Module, data: Image
 
 
 def evaluate(cfg: PixelCNNConfig, checkpoint: dict) -> dict:
-    """Test NLL of the weights in `checkpoint`, in nats per image and bits per sub-pixel."""
+    """Test (and validation) NLL of the weights in `checkpoint`, in nats per image and bits per sub-pixel."""
     device = select_device(cfg.device)
     data = load_images(cfg, device, train=False)
     model = build_model(cfg.model, data.shape[0], data.levels, data.num_classes).to(device)
     model.load_state_dict(checkpoint["state"]["model"])
-    return {"step": checkpoint["step"]} | evaluate_nll(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
+    return {"step": checkpoint["step"]} | evaluate_nlls(model, data, cfg.train.eval_batch_size, cfg.model.conditional)
 
 
 register(
@@ -634,6 +653,7 @@ register(
     metrics=[
         {"name": "test/nll_nats", "goal": "minimize", "unit": "nats/image"},
         {"name": "test/bits_per_dim", "goal": "minimize", "unit": "bits/dim"},
+        {"name": "val/nll_nats", "goal": "minimize", "unit": "nats/image"},  # with data.val_size > 0
         {"name": "train/loss", "goal": "minimize", "unit": "nats/image"},
     ],
     media=["samples", "media/completions", "media/class_samples"],

