@@ -27,8 +27,8 @@ Metrics: the test negative log-likelihood in nats per image (`test/nll_nats`, th
 in bits per sub-pixel (`test/bits_per_dim` = nats / (C*H*W ln 2), the 8-bit unit), after every epoch and at
 the end; with `data.val_size`, that many training images are held out (the same ones for every seed; binarized
 once, like the test set) and scored beside it (`val/nll_nats`, `val/bits_per_dim`), so that choices of a
-recipe can be made without the test set; `train/loss` is the training NLL in the dataset's headline unit (nats per image for binarized
-MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of samples drawn from the same
+recipe can be made without the test set; `train/loss` is the training NLL in the dataset's headline unit
+(nats per image for binarized MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of samples drawn from the same
 uniforms every time (`sample.seed`) with the cached sampler of generative/sampling.py, a row per class when
 the model is class-conditional (`media/class_samples`, labelled), and completions of the first test images
 (`media/completions`): the top half given, the bottom half sampled `sample.completion_samples` times (the
