@@ -90,7 +90,8 @@ class VAEEvalConfig:
     iwae_k: int = 5000  # importance samples per test image (Burda et al. 2016 report NLL with k = 5000)
     test_images: Optional[int] = None  # score the first N test images with the IWAE bound; null: all of them
     # latents decoded in one forward while computing the IWAE bound: 512 keeps the decoder's maps in cache; at one
-    # thread on an AVX2 EPYC the bound at k = 5000 ran 2.3x faster than with 8192 (3.9 against 1.7 images/s)
+    # thread on an AVX-512 EPYC the bound at k = 5000 ran 1.9x faster than with 8192 (4.1 against 2.2 images/s,
+    # runs/bench/iwae-amd-epyc-avx512.json)
     chunk: int = 512
     at_end: bool = True  # compute the IWAE NLL at the end of training (pixlab eval always does)
 
