@@ -484,7 +484,8 @@ def evaluate(cfg: VAEConfig, checkpoint: dict) -> dict:
     channels, size = data.images.train.images.shape[1:3]
     vae = VAE(channels, size, cfg.model.latent_dim, cfg.model.width, cfg.data.likelihood)
     vae.load_state_dict(checkpoint["state"]["model"])
-    vae = Accelerator(cfg.accel, device).prepare(vae, in_place=True)  # the trainer's layout: channels_last, 2.4x faster
+    # the trainer's layout: channels_last made the decoder 2.5x faster at one thread
+    vae = Accelerator(cfg.accel, device).prepare(vae, in_place=True)
     metrics = {"step": checkpoint["step"]} | test_elbo(vae, data, cfg) | test_iwae(vae, data, cfg)
     if cfg.metrics.network != "none":
         metrics |= SampleScorer(cfg.metrics, data.images, cfg.data.root, device, cfg.seed).score(sampler(vae))
