@@ -289,7 +289,7 @@ def test_report_reads_units_goals_and_step_units_from_the_registry():
         "ram": ["test/error", "val/error", "train/loss", "train/reward"],
         "dqn": ["eval/return", "eval/hns", "train/episode_return", "train/loss"],
         "reinforce": ["train/return_100", "train/episode_return", "train/loss", "train/hns_100"],
-        "pixelcnn": ["test/nll_nats", "test/bits_per_dim", "train/loss"],
+        "pixelcnn": ["test/nll_nats", "test/bits_per_dim", "val/nll_nats", "train/loss"],
         "vae": ["test/elbo_nats", "test/nll_nats", "test/nll_bits_per_dim", "train/loss", "samples/fid_lenet"],
         "dcgan": ["samples/fid_lenet", "samples/is_lenet"],
         "style_transfer": ["train/loss", "train/content_loss", "train/style_loss"],
