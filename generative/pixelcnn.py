@@ -28,11 +28,11 @@ in bits per sub-pixel (`test/bits_per_dim` = nats / (C*H*W ln 2), the 8-bit unit
 the end; with `data.val_size`, that many training images are held out (the same ones for every seed; binarized
 once, like the test set) and scored beside it (`val/nll_nats`, `val/bits_per_dim`), so that choices of a
 recipe can be made without the test set; `train/loss` is the training NLL in the dataset's headline unit
-(nats per image for binarized MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of samples drawn from the same
-uniforms every time (`sample.seed`) with the cached sampler of generative/sampling.py, a row per class when
-the model is class-conditional (`media/class_samples`, labelled), and completions of the first test images
-(`media/completions`): the top half given, the bottom half sampled `sample.completion_samples` times (the
-figure of both PixelCNN papers).
+(nats per image for binarized MNIST, bits/dim otherwise). With each test metric, media/ and W&B get a grid of
+samples drawn from the same uniforms every time (`sample.seed`) with the cached sampler of
+generative/sampling.py, a row per class when the model is class-conditional (`media/class_samples`,
+labelled), and completions of the first test images (`media/completions`): the top half given, the bottom
+half sampled `sample.completion_samples` times (the figure of both PixelCNN papers).
 
 Binarized MNIST is binarized afresh at every epoch from (seed, epoch) and scored on the fixed binary test
 set (shared/data/binarize.py). Each epoch's order and binarization depend on (seed, epoch) alone, so a run

@@ -332,12 +332,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2) if args.json else format_sampling(report))
         return 0
     if args.target == "iwae":
-        from generative.bench import bench_iwae, format_iwae
+        from generative.bench import IWAE_K, bench_iwae, format_iwae
 
-        if args.images < 1 or args.repeats < 1 or not all(1 <= c < 10_000 for c in args.chunks):
+        grouped = 2 * IWAE_K  # from this chunk on, images share a chunk and draw other latents
+        if args.images < 1 or args.repeats < 1 or not all(1 <= c < grouped for c in args.chunks):
             raise PixlabError(
-                f"--images and --repeats must be >= 1 and each of --chunks in 1..9999 (from 2k = 10,000 on, images "
-                f"share a chunk and draw other latents), got {args.images}, {args.repeats} and {args.chunks}"
+                f"--images and --repeats must be >= 1 and each of --chunks in 1..{grouped - 1} (from 2k = {grouped:,} "
+                f"on, images share a chunk and draw other latents), got {args.images}, {args.repeats} and {args.chunks}"
             )
         return _print_report(bench_iwae(args.images, args.chunks, args.repeats, args.device), format_iwae, args.json)
     if args.target == "dqn":
