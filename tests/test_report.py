@@ -210,6 +210,21 @@ def test_a_metric_logged_only_in_the_summary_is_one_point_at_the_last_step(tmp_p
     )
 
 
+def test_the_summary_figure_is_the_final_value_in_place_of_the_last_curve_point(tmp_path):
+    """RAM logs its last weights' test error as it trains and reports its best-validation weights' error, with
+    more paths per image, in the summary: the table's final is the reported figure, the best sees it too."""
+    config = {"algo": "ram", "name": "ram", "seed": 0}
+    records = [{"step": 100, "test/error": 0.030}, {"step": 200, "test/error": 0.020}]
+    write_run(tmp_path / "runs" / "ram", config, records, {"train/steps": 200, "test/error": 0.0125})
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "runs"), "--metric", "test/error", "--out", str(out)]) == 0
+    (row,) = read_csv(out / "report.csv").values()
+    assert (float(row["final_mean"]), float(row["best_mean"]), row["last_step_max"]) == (1.25, 1.25, "200")
+    (section,) = build_sections(find_runs([tmp_path / "runs"]))
+    ((steps, values),) = section.groups[0].series
+    assert (steps.tolist(), values.tolist()) == ([100, 200], [3.0, 1.25])  # in %, the registered unit
+
+
 # ----------------------------------------------------------------------------------- published figure, gallery
 def test_runs_of_a_reproduce_entry_show_its_published_figure_dashed_and_the_band_is_the_bootstrap_interval(
     sweep, tmp_path

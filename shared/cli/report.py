@@ -17,10 +17,12 @@ What it does, top to bottom:
    file and the line.
 3. Series. A run's series is the (step, value) pairs of the metric in its step records; the x axis is the
    `step` the trainer logs (what it counts is the algorithm's registered step unit: agent steps for DQN and
-   REINFORCE, optimizer steps for the others). A step logged twice keeps its later value. A metric found
-   only in the final summary record (the VAE's test/nll_nats, an IWAE bound computed once) is one point at
-   the run's last step. A value logged as NaN or Infinity (a diverged run) is kept and reported as not
-   finite, with a warning naming the run and the first such step.
+   REINFORCE, optimizer steps for the others). A step logged twice keeps its later value. The final summary
+   record's value of the metric, the figure the trainer reports (RAM's test error of its best-validation
+   weights with 40 paths per image, after a curve of the last weights' errors; the VAE's IWAE bound, computed
+   once), is the run's last point: at its last step (`train/steps` or its last record's), in place of a step
+   record there. A value logged as NaN or Infinity (a diverged run) is kept and reported as not finite, with a
+   warning naming the run and the first such step.
 4. Groups. Runs whose configs are equal apart from the IGNORED keys (seed, name, runs_dir, device,
    tracking.*, checkpoint.*) are the seeds of one group; `--group-by key.path` groups by that key's
    value instead. A group is labelled by the config keys whose values differ between groups.
@@ -117,9 +119,9 @@ class RunRecord:
         """(steps, values) of `metric` in step order, or None when the run never logged it. Values that are
         not finite (a diverged run logs Infinity or NaN) are kept."""
         by_step = {r["step"]: r[metric] for r in self.records if _is_number(r.get(metric))}
-        if not by_step and _is_number(self.summary.get(metric)):
-            last = self.summary.get("train/steps", max((r["step"] for r in self.records), default=0))
-            by_step = {last: self.summary[metric]}
+        if _is_number(self.summary.get(metric)):  # the run's own last word: it replaces a point at that step
+            steps = [self.summary.get("train/steps", 0)] + [r["step"] for r in self.records]
+            by_step[max(steps)] = self.summary[metric]
         if not by_step:
             return None
         steps = np.array(sorted(by_step), dtype=np.float64)
