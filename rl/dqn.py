@@ -217,7 +217,7 @@ def train(cfg: DQNConfig, run: Run) -> None:
             losses, q_means, episodes = [], [], []
             clock, clock_step = time.perf_counter(), step
             next_log = _next_multiple(step, cfg.tracking.log_every)
-        if step >= next_eval:
+        if step >= next_eval and step < cfg.total_steps:  # the last step's evaluation is the final one, below
             run.log(evaluate(cfg, q, run, step), step)
             next_eval = _next_multiple(step, cfg.eval.every)
         if step >= next_checkpoint or run.should_stop:

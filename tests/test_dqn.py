@@ -278,7 +278,7 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
         "agent.learning_starts=200",
         "agent.buffer_size=2000",
         "agent.target_update=100",
-        "eval.every=0",
+        "eval.every=300",
         "eval.episodes=2",
         "eval.num_envs=2",
         "eval.max_episode_frames=400",
@@ -291,13 +291,16 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
     records = read_metrics(run / "metrics.jsonl")
     logged = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in logged] == [200, 400, 600]
+    # one evaluation every 300 steps; the last step's is the final one, not played twice
+    assert [r["step"] for r in records if "eval/return" in r] == [300, 600]
     assert logged[-1]["train/updates"] == 600 // 4 - 199 // 4  # one gradient step per 4 agent steps from step 200
     summary = records[-1]["summary"]
     assert summary["eval/episodes"] == 2 and summary["train/steps"] == 600
     assert summary["eval/hns"] == pytest.approx(100 * (summary["eval/return"] + 20.7) / 30.0)
     assert summary["replay/bytes_per_transition"] <= 7200
-    (video,) = (run / "media").glob(f"video-*.{video_format()}")  # the first evaluation episode, 100 agent steps
-    assert read_video(video).shape == (101, 210, 160, 3)  # the colour screen at each step, and the last one
+    videos = sorted((run / "media").glob(f"video-*.{video_format()}"))  # each evaluation's first episode
+    assert [v.stem for v in videos] == ["video-000000300", "video-000000600"]
+    assert read_video(videos[-1]).shape == (101, 210, 160, 3)  # the colour screen at each step, and the last one
     assert any(h.get("video/_type") == "video-file" for h in offline_run(run)["history"])  # the stable W&B media key
     checkpoint = load_checkpoint(latest_checkpoint(run))
     assert checkpoint["step"] == 600 and set(checkpoint["state"]) == {"q", "target", "optimizer", "explorer", "accel"}
