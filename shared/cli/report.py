@@ -120,8 +120,8 @@ class RunRecord:
         not finite (a diverged run logs Infinity or NaN) are kept."""
         by_step = {r["step"]: r[metric] for r in self.records if _is_number(r.get(metric))}
         if _is_number(self.summary.get(metric)):  # the run's own last word: it replaces a point at that step
-            steps = [self.summary.get("train/steps", 0)] + [r["step"] for r in self.records]
-            by_step[max(steps)] = self.summary[metric]
+            last = max([self.summary.get("train/steps", 0)] + [r["step"] for r in self.records])
+            by_step[last] = self.summary[metric]
         if not by_step:
             return None
         steps = np.array(sorted(by_step), dtype=np.float64)
