@@ -40,6 +40,17 @@ def describe_machine(device: Optional[torch.device] = None) -> dict:
     return description
 
 
+def describe_run_machine(cfg) -> dict:
+    """describe_machine for the device a run's config selects, with the precision its `accel:` resolves to there."""
+    from shared.train.accel import resolve_precision  # shared.train imports this module
+    from shared.train.device import select_device
+
+    device = select_device(getattr(cfg, "device", "auto"))
+    accel = getattr(cfg, "accel", None)
+    precision = resolve_precision(accel.precision, device) if accel is not None else "fp32"
+    return describe_machine(device) | {"precision": precision}
+
+
 def cpu_isa() -> dict:
     """{avx2, avx512f, avx512_bf16, amx}: True or False as torch sees this CPU, None where torch cannot tell."""
     return {flag: _probe(name) for flag, name in ISA_PROBES.items()}

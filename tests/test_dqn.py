@@ -305,10 +305,18 @@ def test_tiny_pong_run_through_the_cli_writes_metrics_video_and_checkpoint(tmp_p
     checkpoint = load_checkpoint(latest_checkpoint(run))
     assert checkpoint["step"] == 600 and set(checkpoint["state"]) == {"q", "target", "optimizer", "explorer", "accel"}
     assert json.loads((run / "meta.json").read_text())["algo"] == "dqn"
-    evaluated = run_cli("eval", str(run), cwd=tmp_path)
+    nowhere = run_cli("eval", str(run), "--out", str(tmp_path / "absent" / "eval.json"), cwd=tmp_path)
+    assert nowhere.returncode != 0 and "--out" in nowhere.stderr and "existing folder" in nowhere.stderr
+    evaluated = run_cli("eval", str(run), "eval.epsilon=0.01", "--out", "eval.json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     metrics = json.loads(evaluated.stdout)
     assert metrics["step"] == 600 and metrics["eval/episodes"] == 2
+    written = json.loads((tmp_path / "eval.json").read_text())  # --out: the printed metrics and what made them
+    assert written["command"] == f"pixlab eval {run} eval.epsilon=0.01"
+    assert written["checkpoint"] == metrics["checkpoint"]
+    assert written["metrics"] == {k: v for k, v in metrics.items() if k != "checkpoint"}
+    assert written["machine"]["precision"] in ("fp32", "bf16") and written["machine"]["threads"] >= 1
+    assert set(written) == {"command", "checkpoint", "metrics", "measured", "git", "machine"}
     assert metrics["eval/episode_length"] == 100  # every episode cut at eval.max_episode_frames: 400 frames = 100 steps
     # Two episodes: their scores are mean -+ std. Pong pays whole points, unclipped; in 400 frames the opponent
     # scores at most 3 and an untrained agent none.

@@ -2,8 +2,10 @@
 
     pixlab train CONFIG [key=value ...]   start a run in runs/<date>-<time>-<name>/
     pixlab resume RUN_DIR                 continue a run from its newest intact checkpoint (one process at a time)
-    pixlab eval RUN_DIR [key=value ...]   test metrics of a run's latest checkpoint, as JSON (overrides:
-                                          how to evaluate, e.g. eval.episodes=30; the run is not changed)
+    pixlab eval RUN_DIR [key=value ...] [--out FILE]
+                                          test metrics of a run's latest checkpoint, as JSON (overrides:
+                                          how to evaluate, e.g. eval.episodes=30; the run is not changed;
+                                          --out: also into FILE, with the command, machine and commit)
     pixlab bench classify [--json]        training images/s: our data path beside a plain DataLoader loop
     pixlab bench train [--json]           training images/s of LeNet-5, RAM, VAE, DCGAN, PixelCNN: pixlab's
                                           trainer path beside a pytorch/examples-style reference loop
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="evaluation settings, e.g. eval.episodes=30"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, help="also write the metrics to this JSON file, with the command, machine and commit"
     )
     evaluate.set_defaults(command=cmd_eval)
 
@@ -262,6 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from shared.checkpoint import load_latest
     from shared.errors import CheckpointError
 
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):  # before, not after, the work
+        raise PixlabError(f"--out {args.out}: expected a file path in an existing folder")
     algorithm, cfg = _load_run_config(args.run_dir, args.overrides)
     if algorithm.evaluate is None:
         raise PixlabError(f"algorithm {algorithm.name!r} has no evaluation")
@@ -288,7 +295,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if broken:  # the same rule as in training: a NaN or inf is a failure, not a result
         print(f"pixlab: error: {', '.join(broken)} of {path} not finite", file=sys.stderr)
         return 1
+    if args.out is not None:
+        _write_evaluation(args, cfg, path, metrics)
     return 0
+
+
+def _write_evaluation(args: argparse.Namespace, cfg, checkpoint: Path, metrics: dict) -> None:
+    """`pixlab eval --out FILE`: the printed metrics as a result file a README can cite, with what made them."""
+    import time
+
+    from shared.atomic import atomic_write_text
+    from shared.machine import describe_run_machine
+    from shared.provenance import git_state
+
+    record = {
+        "command": " ".join(["pixlab eval", str(args.run_dir), *args.overrides]),
+        "checkpoint": str(checkpoint),
+        "metrics": metrics,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "git": git_state(),
+        "machine": describe_run_machine(cfg),
+    }
+    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+    print(f"pixlab: wrote {args.out}", file=sys.stderr)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

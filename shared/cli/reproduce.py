@@ -298,15 +298,10 @@ def machine(spec, threads: int, backend: str) -> dict:
     """Where the trials ran: this machine's CPU, its ISA flags and torch (shared/machine.py), with the torch threads
     and the precision each trial used; for the slurm backend this is the submitting machine (each run's meta.json
     names its own device)."""
-    from shared.machine import describe_machine
-    from shared.train.accel import resolve_precision
-    from shared.train.device import select_device
+    from shared.machine import describe_run_machine
 
     _, cfg = load_config(spec.config, spec.overrides)
-    accel = getattr(cfg, "accel", None)
-    device = select_device(getattr(cfg, "device", "auto"))
-    precision = resolve_precision(accel.precision, device) if accel is not None else "fp32"
-    return describe_machine(device) | {"threads": threads, "precision": precision, "backend": backend}
+    return describe_run_machine(cfg) | {"threads": threads, "backend": backend}
 
 
 def format_machine(m: dict) -> str:
