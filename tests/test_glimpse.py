@@ -73,6 +73,8 @@ def test_location_log_prob_matches_hand_computation():
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn((1, 2), generator=torch.Generator().manual_seed(3))
     assert torch.allclose(policy.sample(mean, generator), mean + 0.5 * noise)
+    # the sample is an action: no gradient runs back along it, so log pi's gradient reaches the mean
+    assert not policy.sample(mean.requires_grad_()).requires_grad
 
 
 def test_location_policy_reads_the_state_detached():

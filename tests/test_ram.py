@@ -94,6 +94,19 @@ def test_model_takes_the_configured_glimpses_and_gradients_reach_every_part():
     assert torch.equal(again.locations[:, 0], out.locations[:, 0])  # the generator fixes the path's randomness
 
 
+def test_reinforce_term_trains_the_location_layer_and_nothing_else():
+    # the sampled locations are actions: log pi's gradient reaches the location layer; the core and the glimpse
+    # network see neither it nor, along the sampled path, any other loss (a sample left attached gives the
+    # location layer no REINFORCE gradient at all: log N(mean + std * noise; mean) does not depend on mean)
+    torch.manual_seed(0)
+    model = RecurrentAttention(1, 10, GlimpseConfig(glimpses=3, patch=8))
+    out = model(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(1))
+    out.log_probs.sum().backward()
+    assert model.locate.mean.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in [*model.core.parameters(), *model.glimpse.parameters()])
+    assert not out.locations.requires_grad
+
+
 def test_tiny_translated_run_through_the_cli(tmp_path, mnist_root):
     config = str(CONFIGS / "ram" / "translated60.yaml")
     args = [
