@@ -279,6 +279,18 @@ def test_the_gallery_shows_each_groups_latest_media_file_of_each_key(sweep, tmp_
     )
 
 
+def test_curves_only_leaves_out_the_gallery_and_the_sweep_plot(sweep, tmp_path):
+    media = sweep / "trial-lr0.01-seed0" / "media"
+    media.mkdir()
+    (media / "test_mistakes-000000300.png").write_bytes(b"a grid")
+    full, kept = tmp_path / "full", tmp_path / "kept"
+    assert main(["report", str(sweep), "--out", str(full)]) == 0
+    assert main(["report", str(sweep), "--out", str(kept), "--curves-only"]) == 0
+    assert "## Gallery" in (full / "report.md").read_text() and (full / "sweep-classify-test-error.png").exists()
+    assert "## Gallery" not in (kept / "report.md").read_text()
+    assert sorted(p.name for p in kept.iterdir()) == ["curves-classify-test-error.png", "report.csv", "report.md"]
+
+
 @pytest.mark.parametrize(
     "args, named",
     [

@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the probability of improvement (stats-*.png)",
     )
     report.add_argument(
+        "--curves-only",
+        action="store_true",
+        help="the curves and the table alone: no sweep plot and no gallery of the runs' media (a report kept in "
+        "the repository, where the run folders are not)",
+    )
+    report.add_argument(
         "--wandb-workspace",
         type=Path,
         metavar="FILE",
@@ -408,7 +414,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.runs:
         raise PixlabError("pixlab report needs RUNS: run folders, or folders holding run folders (runs/<sweep>)")
-    out, markdown = write_report(args.runs, args.out, args.metric, args.group_by, args.higher_better, args.stats)
+    out, markdown = write_report(
+        args.runs, args.out, args.metric, args.group_by, args.higher_better, args.stats, args.curves_only
+    )
     print(markdown)
     print(f"pixlab: report written to {out}", file=sys.stderr)
     return 0
