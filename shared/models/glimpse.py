@@ -23,7 +23,8 @@ Our documented choice, as in kevinzakka's PyTorch port: the location policy and 
 detached, so REINFORCE trains only the location layer and the hybrid loss's supervised part trains the
 rest. (Letting the location's REINFORCE gradient into h_t, as the paper's training of all parameters on the
 hybrid loss would, was tried with a temporary switch on translated MNIST: 60% validation error after 10
-epochs, against 9.6% detached; runs/reproduce-ram-translated-60-cpu/probes/.) The paper's sizes are the defaults: h_g and h_l 128 units, g 256, core 256.
+epochs, against 9.6% detached; runs/reproduce-ram-translated-60-cpu/probes/.) The paper's sizes are the
+defaults: h_g and h_l 128 units, g 256, core 256.
 """
 
 from __future__ import annotations
