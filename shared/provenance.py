@@ -13,21 +13,23 @@ import torch
 PACKAGES = ("torch", "numpy", "gymnasium", "ale-py", "wandb", "omegaconf", "pixlab")
 
 
-def git_state() -> Optional[dict]:
-    """The commit and dirty flag of the source tree pixlab runs from, or None outside a git checkout."""
-    source = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).resolve().parent.parent
+
+
+def git_state(source: Path = SOURCE) -> Optional[dict]:
+    """The commit and dirty flag of the source tree pixlab runs from, or None outside a git checkout.
+
+    Dirty means a tracked file outside runs/ differs from the commit: runs/ holds results the lab itself writes
+    (reproduce.json, curves), so a reproduction that updates them does not mark its own later runs dirty."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        commit = git("rev-parse", "HEAD")
         if commit.returncode != 0:
             return None
-        status = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)runs")
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
