@@ -10,13 +10,12 @@ from typing import Optional
 
 import torch
 
+from shared.config import REPO
+
 PACKAGES = ("torch", "numpy", "gymnasium", "ale-py", "wandb", "omegaconf", "pixlab")
 
 
-SOURCE = Path(__file__).resolve().parent.parent
-
-
-def git_state(source: Path = SOURCE) -> Optional[dict]:
+def git_state(source: Path = REPO) -> Optional[dict]:
     """The commit and dirty flag of the source tree pixlab runs from, or None outside a git checkout.
 
     Dirty means a tracked file outside runs/ differs from the commit: runs/ holds results the lab itself writes

@@ -7,10 +7,13 @@ import subprocess
 from shared.provenance import git_state
 
 
-def git(repo, *args):
-    subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
-    )
+def git(repo, *args) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_git_state_is_dirty_for_source_changes_but_not_for_the_labs_own_results(tmp_path):
@@ -21,7 +24,7 @@ def test_git_state_is_dirty_for_source_changes_but_not_for_the_labs_own_results(
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "-A")
     git(tmp_path, "commit", "-qm", "one")
-    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = git(tmp_path, "rev-parse", "HEAD")
 
     assert git_state(tmp_path) == {"commit": head.strip(), "dirty": False}
     (tmp_path / "runs" / "reproduce-x-cpu" / "reproduce.json").write_text('{"mean": 1.0}\n')
